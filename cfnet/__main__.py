@@ -1,0 +1,3 @@
+from cfnet.cli.main import main
+
+main()

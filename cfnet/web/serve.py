@@ -1,0 +1,114 @@
+"""Run several ASGI apps on several listeners in one process, with background tasks.
+
+A role such as the policy server has an external listener, an internal mutual-TLS listener, a
+health listener and a debug listener, plus pollers. `run` serves them all on one asyncio loop and
+stops them together on SIGTERM or SIGINT: listeners stop accepting, in-flight requests finish
+(up to `grace` seconds), background tasks are cancelled, and `run` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+
+@dataclass
+class Listener:
+    name: str
+    app: Any
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None = None
+    sock: socket.socket | None = field(default=None, repr=False)
+
+    def bind(self) -> None:
+        """Bind now, so that a bad address fails before anything starts and port 0 resolves."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"{self.name} listener: cannot bind {self.host}:{self.port}: "
+                                   f"{e.strerror}") from None
+        sock.listen(2048)
+        sock.set_inheritable(False)
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+
+
+class _Server(uvicorn.Server):
+    # The signals are ours (one handler for all listeners), not uvicorn's.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(listener: Listener, grace: float) -> _Server:
+    config = uvicorn.Config(
+        listener.app, log_config=None, access_log=False, lifespan="off",
+        server_header=False, date_header=True, proxy_headers=False,
+        timeout_graceful_shutdown=int(grace) or 1,
+    )
+    config.load()
+    config.ssl = listener.ssl  # our own context: uvicorn's file options cannot pin ciphers + CA
+    return _Server(config)
+
+
+async def serve(
+    listeners: list[Listener],
+    background: list[Callable[[], Awaitable[None]]] | None = None,
+    stop: asyncio.Event | None = None,
+    grace: float = 10.0,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT arrives when `stop` is None)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    for listener in listeners:
+        if listener.sock is None:
+            listener.bind()
+    servers = [_server(listener, grace) for listener in listeners]
+    serving = [asyncio.create_task(s.serve(sockets=[l.sock]))  # type: ignore[list-item]
+               for s, l in zip(servers, listeners)]
+    tasks = [asyncio.create_task(_guard(job)) for job in background or []]
+    while not all(s.started for s in servers):
+        if any(t.done() for t in serving):
+            break
+        await asyncio.sleep(0.01)
+    if on_ready is not None:
+        on_ready()
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopper, *serving], return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.should_exit = True
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*serving, *tasks, return_exceptions=True)
+    stopper.cancel()
+    for listener in listeners:
+        if listener.sock is not None:
+            listener.sock.close()
+
+
+async def _guard(job: Callable[[], Awaitable[None]]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await job()
+
+
+def run(listeners: list[Listener], background: list[Callable[[], Awaitable[None]]] | None = None,
+        grace: float = 10.0, on_ready: Callable[[], None] | None = None) -> None:
+    """Blocking form of `serve`, for a process's main thread."""
+    asyncio.run(serve(listeners, background, grace=grace, on_ready=on_ready))
