@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(python3 python3-venv python3-dev gcc iproute2 nftables libnftables1 iptables conntrack
-          postgresql containernetworking-plugins iperf3 tcpdump procps kmod)
+          postgresql containernetworking-plugins iperf3 tcpdump procps kmod iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

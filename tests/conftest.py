@@ -66,3 +66,12 @@ def db_config(request: pytest.FixtureRequest) -> DatabaseConfig:
     """Runs the test once on SQLite and once on a fresh PostgreSQL database."""
     name = "sqlite_config" if request.param == "sqlite" else "pg_config"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[object]:
+    """A cfnet.testing.netns.Sandbox: namespaces and topologies removed after the test."""
+    from cfnet.testing.netns import Sandbox
+
+    with Sandbox() as box:
+        yield box
