@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 FAST_PATHS: dict[str, str] = {
     "cni": "cfnet.cni.entry",
     "garden-hook": "cfnet.garden.entry",
+}
+
+# CNI runtimes find plugins by type name in CNI_PATH: a symlink of that name to `cfnet` runs the
+# plugin, as if called as `cfnet cni <plugin>`.
+ARGV0_ALIASES: dict[str, list[str]] = {
+    "silk-cni": ["cni", "silk"],
+    "cni-wrapper-plugin": ["cni", "wrapper"],
 }
 
 
@@ -93,6 +101,9 @@ def _build_app() -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    alias = ARGV0_ALIASES.get(os.path.basename(sys.argv[0])) if argv is None else None
+    if alias:
+        args = alias + args
     if args and args[0] in FAST_PATHS and _available(args[0]):
         entry = importlib.import_module(FAST_PATHS[args[0]])
         sys.exit(entry.main(args[1:]))
