@@ -1,0 +1,228 @@
+"""A typed client for the policy server's external API (v1), as the cf CLI uses it.
+
+    client = PolicyClient("http://127.0.0.1:4002", token="...")
+    client.create([Policy("app-a", "app-b", "tcp", 8080, 8080)])
+    client.list(ids=["app-a"])
+
+Every call raises `ApiError` (cfnet.clients.http) on failure, carrying the HTTP status and the
+server's `error` text. Local input that can never be valid raises `InvalidInput` before anything
+is sent (see `parse_ports`, `check_protocol`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from cfnet.clients.http import DEFAULT_TIMEOUT, ApiError, InvalidInput, Transport, unexpected
+
+API_PREFIX = "/networking/v1/external"
+PROTOCOLS = ("tcp", "udp")
+DEFAULT_PROTOCOL = "tcp"
+DEFAULT_PORT = "8080"
+
+
+@dataclass(frozen=True, order=True)
+class Policy:
+    """One app-to-app policy as the external v1 API shows it (no tags)."""
+
+    source: str
+    destination: str
+    protocol: str
+    start: int
+    end: int
+
+    @property
+    def ports(self) -> str:
+        """`8080` or `8080-8090`, as the cf CLI prints and accepts it."""
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+    def to_v1(self) -> dict[str, Any]:
+        return {
+            "source": {"id": self.source},
+            "destination": {"id": self.destination, "protocol": self.protocol,
+                            "ports": {"start": self.start, "end": self.end}},
+        }
+
+    @classmethod
+    def from_v1(cls, data: Any) -> Policy:
+        """Read one v1 policy object; raise ValueError when its shape is not v1."""
+        try:
+            src, dst = data["source"], data["destination"]
+            ports = dst["ports"]
+            policy = cls(src["id"], dst["id"], dst["protocol"], ports["start"], ports["end"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"policy {data!r} lacks {e}") from None
+        if not all(isinstance(v, str) for v in (policy.source, policy.destination, policy.protocol)) \
+                or not all(type(v) is int for v in (policy.start, policy.end)):
+            raise ValueError(f"policy {data!r} has a field of the wrong type")
+        return policy
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A tag allocated to a group: an app (`type` "app") or any other group (`router-type`, ...)."""
+
+    id: str
+    tag: str
+    type: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "tag": self.tag, "type": self.type}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Tag:
+        try:
+            tag = cls(data["id"], data["tag"], data.get("type", ""))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"tag {data!r} lacks {e}") from None
+        if not all(isinstance(v, str) for v in (tag.id, tag.tag, tag.type)):
+            raise ValueError(f"tag {data!r} has a field of the wrong type")
+        return tag
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """`8080` -> (8080, 8080), `8080-8090` -> (8080, 8090); anything else is InvalidInput."""
+    raw = text.strip()
+    parts = raw.split("-")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise InvalidInput(f"invalid port {text!r}: expected a port (8080) or a range (8080-8090)")
+    start, end = int(parts[0]), int(parts[-1])
+    for port in (start, end):
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"invalid port {port}, must be in range 1-65535")
+    if start > end:
+        raise InvalidInput(
+            f"invalid port range {start}-{end}, start must be less than or equal to end")
+    return start, end
+
+
+def check_protocol(protocol: str) -> str:
+    """Return `protocol` if the server accepts it (exactly `tcp` or `udp`), else InvalidInput."""
+    if protocol not in PROTOCOLS:
+        raise InvalidInput(f"invalid protocol {protocol!r}, specify either udp or tcp")
+    return protocol
+
+
+def make_policy(source: str, destination: str, protocol: str = DEFAULT_PROTOCOL,
+                ports: str = DEFAULT_PORT) -> Policy:
+    """Build a policy from command-line style input, checking it as the server would."""
+    if not source:
+        raise InvalidInput("missing source app id")
+    if not destination:
+        raise InvalidInput("missing destination app id")
+    start, end = parse_ports(ports)
+    return Policy(source, destination, check_protocol(protocol), start, end)
+
+
+def external_base(url: str) -> str:
+    """Accept the server root (`http://host:4002`) or a full `.../networking/v1/external` URL."""
+    text = url.strip().rstrip("/")
+    path = urlsplit(text).path
+    if path.endswith(API_PREFIX):
+        text = text[: len(text) - len(API_PREFIX)]
+    return text
+
+
+def policies_body(policies: Iterable[Policy]) -> dict[str, Any]:
+    return {"policies": [p.to_v1() for p in policies]}
+
+
+def policies_listing(policies: Sequence[Policy]) -> dict[str, Any]:
+    """The v1 index shape: `{"total_policies": N, "policies": [...]}`."""
+    return {"total_policies": len(policies), "policies": [p.to_v1() for p in policies]}
+
+
+def _policy_list(data: Any, status: int = 200) -> list[Policy]:
+    if not isinstance(data, dict) or not isinstance(data.get("policies"), list):
+        raise unexpected(status, "no 'policies' list")
+    try:
+        return [Policy.from_v1(p) for p in data["policies"]]
+    except ValueError as e:
+        raise unexpected(status, str(e)) from None
+
+
+class PolicyClient:
+    """The external API, authenticated with a bearer token (UAA or the server's static tokens)."""
+
+    def __init__(self, base_url: str, token: str | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT, ca_cert: str | None = None) -> None:
+        headers = {"Authorization": f"bearer {token}"} if token else {}
+        self._http = Transport(external_base(base_url), timeout=timeout, headers=headers,
+                               verify=ca_cert or True)
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create(self, policies: Sequence[Policy]) -> None:
+        """Create all `policies` in one all-or-nothing request (existing ones are a no-op)."""
+        self._http.request("POST", f"{API_PREFIX}/policies", body=policies_body(policies))
+
+    def delete(self, policies: Sequence[Policy]) -> None:
+        """Delete exactly these policies; the server skips ones that do not exist."""
+        self._http.request("POST", f"{API_PREFIX}/policies/delete", body=policies_body(policies))
+
+    def list(self, ids: Sequence[str] | None = None, *, source_ids: Sequence[str] | None = None,
+             dest_ids: Sequence[str] | None = None) -> list[Policy]:
+        """Policies touching `ids` (as source or destination), or filtered by source/destination."""
+        params: dict[str, str] = {}
+        if ids is not None:
+            params["id"] = ",".join(ids)
+        else:
+            if source_ids is not None:
+                params["source_id"] = ",".join(source_ids)
+            if dest_ids is not None:
+                params["dest_id"] = ",".join(dest_ids)
+        return _policy_list(self._http.request_json("GET", f"{API_PREFIX}/policies",
+                                                    params=params or None))
+
+    def find(self, policy: Policy) -> Policy | None:
+        """The stored policy exactly equal to `policy`, looked up as the cf CLI does."""
+        for stored in self.list(ids=[policy.source]):
+            if stored == policy:
+                return stored
+        return None
+
+    def remove(self, policy: Policy) -> bool:
+        """Delete `policy` if it exists (True), else send nothing and return False (cf CLI)."""
+        if self.find(policy) is None:
+            return False
+        self.delete([policy])
+        return True
+
+    def tags(self) -> list[Tag]:
+        """Every allocated tag in tag order (admin only)."""
+        data = self._http.request_json("GET", f"{API_PREFIX}/tags")
+        if not isinstance(data, dict) or not isinstance(data.get("tags"), list):
+            raise unexpected(200, "no 'tags' list")
+        try:
+            return [Tag.from_json(t) for t in data["tags"]]
+        except ValueError as e:
+            raise unexpected(200, str(e)) from None
+
+    def whoami(self) -> str:
+        """The token's user name, or its client id for a client token (admin only)."""
+        data = self._http.request_json("GET", f"{API_PREFIX}/whoami")
+        if not isinstance(data, dict) or not isinstance(data.get("subject"), str):
+            raise unexpected(200, "no 'subject'")
+        return data["subject"]
+
+    def cleanup(self) -> list[Policy]:
+        """Run the stale-policy cleaner now (admin only); returns the policies it deleted."""
+        return _policy_list(self._http.request_json("POST", f"{API_PREFIX}/policies/cleanup"))
+
+
+__all__ = ["ApiError", "InvalidInput", "Policy", "PolicyClient", "Tag", "check_protocol",
+           "make_policy", "parse_ports", "policies_listing"]
