@@ -137,19 +137,19 @@ class InternalClient:
         except ValueError as e:
             raise unexpected(200, str(e)) from None
 
-    def policies_last_updated(self, wait: int | None = None, since: int | None = None) -> int:
+    def policies_last_updated(self, wait: float | None = None, since: int | None = None) -> int:
         """The policies' last-modified stamp (ns since the epoch, strictly increasing).
 
-        With `wait`, long-poll: the server answers once the stamp differs from `since` (or from
+        With `wait`, long-poll: the server answers once the stamp is newer than `since` (or than
         its value when the request arrived) or after `wait` seconds, whichever comes first.
         """
         params: dict[str, str] = {}
         read_timeout = None
         if wait is not None:
-            if wait < 0:
+            if not 0 <= wait < float("inf"):
                 raise InvalidInput(f"invalid wait {wait}: must be 0 or more seconds")
-            params["wait"] = str(int(wait))
-            read_timeout = int(wait) + self._http.timeout
+            params["wait"] = f"{wait:g}"
+            read_timeout = wait + self._http.timeout
         if since is not None:
             params["since"] = str(int(since))
         resp = self._http.request("GET", f"{INTERNAL_PREFIX}/policies_last_updated",
