@@ -144,3 +144,30 @@ def test_fail_is_one_line(capsys):
         render.fail("first\nsecond  line", ExitCode.SERVER_ERROR)
     assert e.value.exit_code == ExitCode.SERVER_ERROR
     assert capsys.readouterr().err == "error: first second line\n"
+
+
+def test_internal_client_unreachable_and_bad_wait(closed_port, tmp_path):
+    from cfnet.clients.internal_api import InternalClient
+    from cfnet.web.tls import generate_bundle
+
+    bundle = generate_bundle(tmp_path)
+    with InternalClient(f"https://127.0.0.1:{closed_port}", bundle.client) as client:
+        with pytest.raises(ApiError) as e:
+            client.policies(["a"])
+        assert e.value.unreachable
+        assert e.value.error == f"cannot connect to https://127.0.0.1:{closed_port}: connection refused"
+        for wait in (-1, float("nan"), float("inf")):
+            with pytest.raises(InvalidInput):
+                client.policies_last_updated(wait=wait)
+
+
+def test_internal_client_missing_certificate_files(closed_port, tmp_path):
+    from cfnet.clients.internal_api import InternalClient
+    from cfnet.web.tls import TLSFiles
+
+    files = TLSFiles(tmp_path / "nope.crt", tmp_path / "nope.key", tmp_path / "ca.crt")
+    with InternalClient(f"https://127.0.0.1:{closed_port}", files) as client:
+        with pytest.raises(ApiError) as e:
+            client.policies_last_updated()
+    assert e.value.unreachable
+    assert e.value.error.count("\n") == 0
