@@ -98,8 +98,8 @@ _GO_KINDS = {str: "string", bool: "bool", int: "number", float: "number", list: 
              dict: "object"}
 
 
-def decode_struct(body: bytes, fields: dict[str, type], struct: str) -> dict[str, Any]:
-    """Decode `body` into the fields of a Go struct named `struct` (json tags as keys)."""
+def decode_struct(body: bytes, fields: dict[str, type], struct: str, go_type: str) -> dict[str, Any]:
+    """Decode `body` as Go decodes into a struct named `struct` (type `go_type`, json tags as keys)."""
     text = body.decode("utf-8", errors="replace")
     if not text.strip():
         raise BadRequest("unexpected end of JSON input")
@@ -113,7 +113,7 @@ def decode_struct(body: bytes, fields: dict[str, type], struct: str) -> dict[str
     if obj is None:
         return values
     if not isinstance(obj, dict):
-        raise BadRequest(f"json: cannot unmarshal {_go_kind(obj)} into Go value of type {struct}")
+        raise BadRequest(f"json: cannot unmarshal {_go_kind(obj)} into Go value of type {go_type}")
     # Go prefers an exact key match, then a case-insensitive one; later duplicates win.
     for key, value in obj.items():
         name = key if key in fields else key.lower()
@@ -140,6 +140,12 @@ def _go_syntax_error(text: str, e: json.JSONDecodeError) -> str:
     if not rest.strip():
         return "unexpected end of JSON input"
     ch = rest[0]
+    for literal in ("null", "true", "false"):
+        if ch == literal[0] and e.msg.startswith("Expecting value"):
+            for got, want in zip(rest, literal):
+                if got != want:
+                    return f"invalid character '{got}' in literal {literal} (expecting '{want}')"
+            return "unexpected end of JSON input"
     if e.msg == "Extra data":
         return f"invalid character '{ch}' after top-level value"
     if e.msg.startswith("Expecting property name"):
@@ -151,9 +157,13 @@ def _go_syntax_error(text: str, e: json.JSONDecodeError) -> str:
     return f"invalid character '{ch}' looking for beginning of value"
 
 
-_ACQUIRE_FIELDS = {"underlay_ip": str, "single_overlay_ip": bool}
-_RELEASE_FIELDS = {"underlay_ip": str}
-_LEASE_FIELDS = {"underlay_ip": str, "overlay_subnet": str, "overlay_hardware_addr": str}
+# (fields, struct name in field errors, Go type in value errors) of upstream's request payloads
+_ACQUIRE = ({"underlay_ip": str, "single_overlay_ip": bool}, "",
+            'struct { UnderlayIP string "json:\\"underlay_ip\\""; '
+            'SingleOverlayIP bool "json:\\"single_overlay_ip\\"" }')
+_RELEASE = ({"underlay_ip": str}, "", 'struct { UnderlayIP string "json:\\"underlay_ip\\"" }')
+_LEASE = ({"underlay_ip": str, "overlay_subnet": str, "overlay_hardware_addr": str}, "Lease",
+          "controller.Lease")
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -253,7 +263,7 @@ class Controller:
         return json_response({"leases": [lease.to_json() for lease in leases]})
 
     async def acquire(self, request: Request) -> Response:
-        values = await _read(request, _ACQUIRE_FIELDS, "")
+        values = await _read(request, *_ACQUIRE)
         try:
             lease = await run_in_threadpool(self.store.acquire, values["underlay_ip"],
                                             values["single_overlay_ip"])
@@ -264,7 +274,7 @@ class Controller:
         return json_response(lease.to_json())
 
     async def renew(self, request: Request) -> Response:
-        values = await _read(request, _LEASE_FIELDS, "Lease")
+        values = await _read(request, *_LEASE)
         lease = Lease(values["underlay_ip"], values["overlay_subnet"], values["overlay_hardware_addr"])
         try:
             await run_in_threadpool(self.store.renew, lease)
@@ -275,7 +285,7 @@ class Controller:
         return Response(b"{}", media_type="application/json")
 
     async def release(self, request: Request) -> Response:
-        values = await _read(request, _RELEASE_FIELDS, "")
+        values = await _read(request, *_RELEASE)
         try:
             await run_in_threadpool(self.store.release, values["underlay_ip"])
         except LeaseStoreError as e:
@@ -322,13 +332,13 @@ class _Fail(Exception):
         self.status, self.description, self.cause = status, description, str(cause)
 
 
-async def _read(request: Request, fields: dict[str, type], struct: str) -> dict[str, Any]:
+async def _read(request: Request, fields: dict[str, type], struct: str, go_type: str) -> dict[str, Any]:
     try:
         body = await request.body()
     except Exception as e:  # noqa: BLE001 - the client went away mid-body
         raise _Fail(400, f"read-body: {e}", e) from None
     try:
-        return decode_struct(body, fields, struct)
+        return decode_struct(body, fields, struct, go_type)
     except BadRequest as e:
         raise _Fail(400, f"unmarshal-request: {e}", e) from None
 
