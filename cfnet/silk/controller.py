@@ -51,7 +51,7 @@ class ControllerConfig:
     network: Any = "10.255.0.0/16"
     subnet_prefix_length: int = field(default=24, metadata={"min": 1, "max": 30})
     database: DatabaseConfig = field(default_factory=DatabaseConfig, metadata={"required": True})
-    listen_host: str = field(default="0.0.0.0", metadata={"required": True})
+    listen_host: str = "0.0.0.0"
     listen_port: int = field(default=4103, metadata={"min": 0, "max": 65535})
     debug_server_port: int = field(default=46455, metadata={"min": 0, "max": 65535})
     health_check_port: int = field(default=19683, metadata={"min": 0, "max": 65535})
@@ -59,14 +59,14 @@ class ControllerConfig:
     metron_port: int = field(default=3457, metadata={"min": 1, "max": 65535})  # accepted, unused
     metrics_emit_seconds: int = field(default=30, metadata={"min": 1})
     staleness_threshold_seconds: int = field(default=3600, metadata={"min": 1})
-    log_prefix: str = field(default=DEFAULT_PREFIX, metadata={"required": True})
+    log_prefix: str = DEFAULT_PREFIX
     max_idle_connections: int = field(default=10, metadata={"min": 0})  # accepted, unused
     max_open_connections: int = field(default=200, metadata={"min": 0})
     connections_max_lifetime_seconds: int = field(default=3600, metadata={"min": 0})  # unused
     # cfnet extras: upstream binds health and debug to 127.0.0.1 only; inside a lab namespace the
     # harness needs them on the namespace's address.
-    health_check_host: str = field(default="127.0.0.1", metadata={"required": True})
-    debug_server_host: str = field(default="127.0.0.1", metadata={"required": True})
+    health_check_host: str = "127.0.0.1"
+    debug_server_host: str = "127.0.0.1"
 
     def pool(self) -> CIDRPool:
         """The allocation pools, or a ConfigError naming the key at fault."""
@@ -82,6 +82,9 @@ class ControllerConfig:
 
 def load_controller_config(path: str | Path) -> ControllerConfig:
     config = load_config(path, ControllerConfig)
+    for key in ("listen_host", "log_prefix", "health_check_host", "debug_server_host"):
+        if not getattr(config, key):
+            raise ConfigError(f"invalid config: key '{key}' must not be empty")
     config.pool()
     config.database.validate()
     return config
