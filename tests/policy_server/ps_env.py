@@ -1,0 +1,136 @@
+"""Helpers shared by the policy server tests: databases, a server handle with request helpers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cfnet.store.db import DatabaseConfig
+from cfnet.testing.policy_server import RunningPolicyServer
+from ps_stubs import UAA_CLIENT, UAA_SECRET, Cloud
+
+PG_URL = os.environ.get("CFNET_TEST_POSTGRES", "postgresql://cfnet:cfnet@127.0.0.1:5432/postgres")
+
+ADMIN = "uaa-admin-token"
+WRITER = "uaa-write-token"
+NOSCOPE = "uaa-noscope-token"
+CLIENT = "uaa-client-token"
+CORS = ["https://good.example", "*"]
+MAX_POLICIES = 4
+
+
+def uaa_tokens() -> dict[str, dict[str, Any]]:
+    return {
+        ADMIN: {"scope": ["network.admin"], "sub": "admin-id", "user_id": "admin-id",
+                "user_name": "admin", "client_id": "cf"},
+        WRITER: {"scope": ["network.write", "openid"], "sub": "dev-id", "user_id": "dev-id",
+                 "user_name": "dev", "client_id": "cf"},
+        NOSCOPE: {"scope": [], "sub": "nobody-id", "user_name": "nobody"},
+        CLIENT: {"scope": ["network.admin"], "sub": "some-client-id", "client_id": "some-client-id"},
+    }
+
+
+def _pg_database() -> Iterator[DatabaseConfig]:
+    import psycopg
+    from urllib.parse import urlparse
+
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {e}")
+    name = "cfnet_ps_" + uuid.uuid4().hex[:12]
+    admin.execute(f'CREATE DATABASE "{name}"')
+    u = urlparse(PG_URL)
+    try:
+        yield DatabaseConfig(type="postgres", user=u.username or "", password=u.password or "",
+                             host=u.hostname or "127.0.0.1", port=u.port or 5432,
+                             database_name=name, timeout=10)
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def make_database(kind: str, directory: Path) -> Iterator[DatabaseConfig]:
+    if kind == "postgres":
+        yield from _pg_database()
+    else:
+        yield DatabaseConfig(type="sqlite", path=str(directory / "store.db"), timeout=10)
+
+
+@dataclass
+class Env:
+    """A running server plus the stubs it talks to."""
+
+    ps: RunningPolicyServer
+    cloud: Cloud
+    stub_url: str
+    backend: str
+
+    @property
+    def ext(self) -> str:
+        return self.ps.external_url + "/networking/v1/external"
+
+    def ext_v(self, version: str) -> str:
+        return self.ps.external_url + f"/networking/{version}/external"
+
+    @property
+    def int(self) -> str:
+        return self.ps.internal_url + "/networking/v1/internal"
+
+    def get_internal(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.ps.internal_url + path, cert=self.ps.client_cert,
+                            verify=self.ps.ca_file, timeout=kw.pop("timeout", 30), **kw)
+
+    def stamp(self) -> int:
+        r = self.get_internal("/networking/v1/internal/policies_last_updated")
+        assert r.status_code == 200, r.text
+        return int(r.text)
+
+    def auth(self, token: str = ADMIN) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    def create(self, policies: list[dict[str, Any]], token: str = ADMIN,
+               version: str = "v1") -> requests.Response:
+        return requests.post(self.ext_v(version) + "/policies", headers=self.auth(token),
+                             json={"policies": policies}, timeout=30)
+
+    def delete(self, policies: list[dict[str, Any]], token: str = ADMIN,
+               version: str = "v1") -> requests.Response:
+        return requests.post(self.ext_v(version) + "/policies/delete", headers=self.auth(token),
+                             json={"policies": policies}, timeout=30)
+
+    def list(self, query: str = "", token: str = ADMIN, version: str = "v1") -> requests.Response:
+        return requests.get(self.ext_v(version) + "/policies" + query, headers=self.auth(token),
+                            timeout=30)
+
+
+def v1(src: str, dst: str, start: int = 8080, end: int | None = None,
+       protocol: str = "tcp") -> dict[str, Any]:
+    return {"source": {"id": src}, "destination": {"id": dst, "protocol": protocol,
+                                                   "ports": {"start": start,
+                                                             "end": start if end is None else end}}}
+
+
+def guid(name: str = "app") -> str:
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+def uaa_overrides(stub_url: str, **extra: Any) -> dict[str, Any]:
+    host, port = stub_url.rsplit(":", 1)
+    return {"static_tokens_file": "", "uaa_url": host, "uaa_port": int(port),
+            "uaa_client": UAA_CLIENT, "uaa_client_secret": UAA_SECRET, "cc_url": stub_url,
+            "allowed_cors_domains": CORS, "max_policies": MAX_POLICIES, **extra}
+
+
+StartEnv = Callable[..., Env]
+
+
