@@ -32,7 +32,10 @@ class Listener:
     def bind(self) -> None:
         """Bind now, so that a bad address fails before anything starts and port 0 resolves."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: accepted sockets inherit it, and asyncio sets TCP_NODELAY only on
+        # sockets whose proto is IPPROTO_TCP. Without it every response whose headers and body are
+        # written separately waits ~40 ms for a delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
