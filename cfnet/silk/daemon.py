@@ -212,7 +212,7 @@ class Metrics:
 def count_containers(path: str) -> int:
     """Entries in the silk CNI datastore (missing or empty file: none)."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes()
     except FileNotFoundError:
         return 0
     except OSError as e:
