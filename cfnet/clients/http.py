@@ -8,6 +8,7 @@ unchanged, and otherwise a short one-line description.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     import requests
 
 DEFAULT_TIMEOUT = 10.0
+CLOSED = "the server closed the connection without a response"
+# What a mutual-TLS server does under TLS 1.3 when it refuses the client's certificate.
+CLOSED_TLS_HINT = " (is the client certificate signed by a CA the server trusts?)"
 
 
 class ApiError(CfnetError):
@@ -65,8 +69,13 @@ def _reason(exc: BaseException) -> str:
         if id(e) in seen:
             continue
         seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {e.verify_message}"
         if isinstance(e, ssl.SSLError):
-            return _one_line(getattr(e, "reason", None) and f"{e.reason}: {e}" or str(e))
+            reason = getattr(e, "reason", None)
+            return reason.lower().replace("_", " ") if reason else _one_line(str(e))
+        if isinstance(e, http.client.RemoteDisconnected):
+            return CLOSED
         if isinstance(e, OSError) and e.strerror and found_os is None:
             found_os = e
         for nxt in (getattr(e, "reason", None), e.__cause__, e.__context__, *e.args):
@@ -150,7 +159,10 @@ class Transport:
         except requests.exceptions.SSLError as e:
             raise ApiError(f"TLS failure talking to {self.base_url}: {_reason(e)}") from None
         except requests.exceptions.ConnectionError as e:
-            raise ApiError(f"cannot connect to {self.base_url}: {_reason(e)}") from None
+            reason = _reason(e)
+            if reason == CLOSED and self._session.cert:
+                reason += CLOSED_TLS_HINT
+            raise ApiError(f"cannot connect to {self.base_url}: {reason}") from None
         except requests.exceptions.RequestException as e:
             raise ApiError(f"request to {url} failed: {_reason(e)}") from None
         except OSError as e:  # e.g. unreadable client certificate files

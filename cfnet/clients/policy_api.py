@@ -11,6 +11,7 @@ is sent (see `parse_ports`, `check_protocol`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,11 @@ def external_base(url: str) -> str:
     text = url.strip().rstrip("/")
     path = urlsplit(text).path
     if path.endswith(API_PREFIX):
-        text = text[: len(text) - len(API_PREFIX)]
+        return text[: len(text) - len(API_PREFIX)]
+    other = re.search(r"/networking/([^/]*)/external$", path)
+    if other:
+        raise InvalidInput(f"invalid API URL {url!r}: cfnet speaks API version v1, not "
+                           f"{other.group(1)!r}; give the server's root URL")
     return text
 
 

@@ -171,3 +171,9 @@ def test_internal_client_missing_certificate_files(closed_port, tmp_path):
             client.policies_last_updated()
     assert e.value.unreachable
     assert e.value.error.count("\n") == 0
+
+
+@pytest.mark.parametrize("url", ["http://h/networking/v0/external", "http://h/networking/v2/external/"])
+def test_external_base_rejects_other_versions(url):
+    with pytest.raises(InvalidInput, match="cfnet speaks API version v1"):
+        external_base(url)
