@@ -174,7 +174,17 @@ class Nft:
 
         def go(ctx: Any) -> tuple[int, str, str]:
             ctx.set_json_output(False)
-            return ctx.cmd(script)
+            # Through an in-memory file, not a buffer: nft 1.0.6 reports errors in a buffer
+            # against its first line, but names file:line correctly for an included file.
+            fd = os.memfd_create("cfnet-nft", os.MFD_CLOEXEC)
+            try:
+                data = script.encode()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                return ctx.cmd(f'include "/proc/self/fd/{fd}"')
+            finally:
+                os.close(fd)
 
         rc, out, err = self._call(go)
         if rc != 0:
