@@ -75,11 +75,14 @@ def resolve_settings(api: str | None = None, token: str | None = None, *,
     chosen_timeout = timeout if timeout is not None else file.timeout
     if chosen_timeout <= 0:
         raise InvalidInput(f"invalid timeout {chosen_timeout:g}: must be more than 0 seconds")
+    chosen_ca = ca_cert or env.get(ENV_CA_CERT) or file.ca_cert or None
+    if chosen_ca is not None and not Path(chosen_ca).is_file():
+        raise InvalidInput(f"CA certificate file {chosen_ca} does not exist")
     return Settings(
         api=chosen_api,
         token=token or env.get(ENV_TOKEN) or file.token or None,
         timeout=chosen_timeout,
-        ca_cert=ca_cert or env.get(ENV_CA_CERT) or file.ca_cert or None,
+        ca_cert=chosen_ca,
     )
 
 

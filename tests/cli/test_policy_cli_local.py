@@ -119,22 +119,31 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def test_precedence_flag_env_file(tmp_path):
+    for name in ("file", "env", "flag"):
+        write_config(tmp_path / name / "ca.crt", "")
     cfg = write_config(tmp_path / "cli.toml",
                        'api = "http://file:1"\ntoken = "file-token"\ntimeout = 3\n'
-                       'ca_cert = "/file/ca.crt"\n')
+                       f'ca_cert = "{tmp_path}/file/ca.crt"\n')
     env = {"CFNET_API": "http://env:2", "CFNET_TOKEN": "env-token"}
     s = resolve_settings("http://flag:3", "flag-token", config=cfg, env=env)
     assert (s.api, s.token, s.timeout, s.ca_cert) == ("http://flag:3", "flag-token", 3.0,
-                                                      "/file/ca.crt")
+                                                      f"{tmp_path}/file/ca.crt")
     s = resolve_settings(None, None, config=cfg, env=env)
     assert (s.api, s.token) == ("http://env:2", "env-token")
     s = resolve_settings(None, None, config=cfg, env={"CFNET_API": "", "CFNET_TOKEN": ""})
     assert (s.api, s.token) == ("http://file:1", "file-token")
-    s = resolve_settings(None, None, config=cfg, timeout=7.5, ca_cert="/flag/ca.crt",
-                         env={"CFNET_CA_CERT": "/env/ca.crt"})
-    assert (s.timeout, s.ca_cert) == (7.5, "/flag/ca.crt")
-    s = resolve_settings(None, None, config=cfg, env={"CFNET_CA_CERT": "/env/ca.crt"})
-    assert s.ca_cert == "/env/ca.crt"
+    s = resolve_settings(None, None, config=cfg, timeout=7.5, ca_cert=f"{tmp_path}/flag/ca.crt",
+                         env={"CFNET_CA_CERT": f"{tmp_path}/env/ca.crt"})
+    assert (s.timeout, s.ca_cert) == (7.5, f"{tmp_path}/flag/ca.crt")
+    s = resolve_settings(None, None, config=cfg, env={"CFNET_CA_CERT": f"{tmp_path}/env/ca.crt"})
+    assert s.ca_cert == f"{tmp_path}/env/ca.crt"
+
+
+def test_missing_ca_cert_is_a_usage_error(cfnet, closed_port, tmp_path):
+    r = cfnet("policy", "list", "--api", f"https://127.0.0.1:{closed_port}",
+              "--ca-cert", str(tmp_path / "nope.crt"))
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr == f"error: CA certificate file {tmp_path / 'nope.crt'} does not exist\n"
 
 
 def test_default_config_file_under_xdg_config_home(tmp_path):

@@ -402,3 +402,29 @@ def test_internal_client_verifies_the_server(ps, tmp_path):
     assert e.value.unreachable
     assert e.value.error == (f"TLS failure talking to {ps.internal_url}: certificate verify "
                              "failed: certificate signature failure")
+
+
+def test_https_external_api_with_ca_cert(cfnet, tmp_path, apps):
+    """`--ca-cert` / CFNET_CA_CERT verify an external API served over TLS (`enable_tls`)."""
+    from cfnet.web.tls import generate_bundle
+
+    bundle = generate_bundle(tmp_path / "certs")
+    db = DatabaseConfig(type="sqlite", path=str(tmp_path / "tls.db"), timeout=10)
+    server = start_policy_server(tmp_path / "tls", db, bundle=bundle, external={
+        "enable_tls": True, "server_cert_file": str(bundle.server.cert),
+        "server_key_file": str(bundle.server.key)})
+    try:
+        assert server.external_url.startswith("https://")
+        srv = server_args(server)
+        r = cfnet("policy", "add", apps[0], apps[1], *srv, "--ca-cert", str(bundle.ca_cert))
+        assert r.exit_code == ExitCode.OK, r.stderr
+        r = cfnet("policy", "list", "--app", apps[0], "--json", *srv,
+                  env={"CFNET_CA_CERT": str(bundle.ca_cert)})
+        assert json.loads(r.stdout)["total_policies"] == 1
+        # Without the CA the server's certificate cannot be verified.
+        r = cfnet("policy", "list", *srv)
+        assert r.exit_code == ExitCode.UNREACHABLE
+        assert r.stderr.startswith(f"error: TLS failure talking to {server.external_url}: "
+                                   "certificate verify failed")
+    finally:
+        server.stop()
