@@ -56,7 +56,9 @@ class DaemonConfig:
 
     cfnet extras: `overlay_network` may list several CIDRs (comma-separated or a list), as the
     controller's `network`; a port of 0 picks a free one; `poll_jitter` spreads the polls of many
-    cells (upstream polls in lock-step); `health_check_host`/`debug_server_host` for labs.
+    cells (upstream polls in lock-step); `health_check_host`/`debug_server_host` for labs;
+    `neighbour_table_headroom`: ARP entries to keep free beyond one per remote lease when
+    checking the kernel's gc_thresh values.
     """
 
     underlay_ip: str = field(default="", metadata={"required": True})
@@ -81,6 +83,7 @@ class DaemonConfig:
     vxlan_interface_name: str = ""
     single_ip_only: bool = False
     poll_jitter: float = field(default=0.1, metadata={"min": 0.0, "max": 0.5})
+    neighbour_table_headroom: int = field(default=0, metadata={"min": 0})
     health_check_host: str = "127.0.0.1"
     debug_server_host: str = "127.0.0.1"
 
@@ -398,9 +401,20 @@ class Daemon:
         self.metrics.leases.set(len(leases))
         self.converge(leases)
 
+    def ensure_vtep(self) -> None:
+        """Rebuild the VTEP for our lease if someone deleted it (upstream would fail every
+        convergence until restarted)."""
+        assert self.lease is not None and self.vtep is not None
+        current = vtep.inspect(self.ipr, self.config.vtep_name)
+        if current is not None and current.index == self.vtep.index and current.addresses:
+            return
+        self.log.error("vtep-missing", name=self.config.vtep_name)
+        self.vtep = self._create_vtep(self.lease)
+
     def converge(self, leases: Sequence[Lease]) -> None:
         assert self.lease is not None and self.vtep is not None
         try:
+            self.ensure_vtep()
             result = vtep.converge(self.ipr, self.vtep.index, self.lease.overlay_subnet,
                                    self.config.overlay, leases)
         except Exception as e:  # noqa: BLE001 - a bad lease or a netlink failure
@@ -425,7 +439,8 @@ class Daemon:
             thresholds = vtep.arp_thresholds(self.ipr)
         except Exception:  # noqa: BLE001 - a kernel without the table dump: nothing to check
             return
-        warning = vtep.neighbour_table_warning(remote_leases, thresholds)
+        warning = vtep.neighbour_table_warning(remote_leases, thresholds,
+                                               self.config.neighbour_table_headroom)
         self.metrics.neighbour_table_small.set(1 if warning else 0)
         if warning and warning != self._small_table:
             assert thresholds is not None

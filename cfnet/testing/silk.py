@@ -211,12 +211,15 @@ class SilkDeployment:
     """A controller and cells on one topology; see the module doc."""
 
     def __init__(self, topology: Topology, workdir: Path, controller: RunningController,
-                 controller_host: Host, daemon_defaults: dict[str, Any]) -> None:
+                 controller_host: Host, daemon_defaults: dict[str, Any],
+                 database: DatabaseConfig, controller_overrides: dict[str, Any]) -> None:
         self.topology = topology
         self.workdir = workdir
         self.controller = controller
         self.controller_host = controller_host
         self.daemon_defaults = daemon_defaults
+        self.database = database
+        self.controller_overrides = controller_overrides
         self.cells: dict[str, Cell] = {}
 
     # -- cells -----------------------------------------------------------------------------------
@@ -333,6 +336,15 @@ class SilkDeployment:
 
     # -- the controller --------------------------------------------------------------------------
 
+    def restart_controller(self) -> RunningController:
+        """Stop the controller if it runs, and start it again: same address, certificates and
+        database, so the daemons find it where they left it."""
+        self.controller.stop()
+        self.controller = start_controller_in(
+            self.topology, self.controller_host, self.workdir / "controller", self.database,
+            bundle=self.controller.bundle, **self.controller_overrides)
+        return self.controller
+
     def routable_leases(self) -> list[Any]:
         """GET /leases, asked from the control-plane host over mutual TLS."""
         def ask() -> list[Any]:
@@ -413,7 +425,8 @@ def silk_deployment(topology: Topology, workdir: str | Path, cells: int | list[s
     db = database or DatabaseConfig(type="sqlite", path=str(work / "silk-controller.db"),
                                     timeout=10)
     controller = start_controller_in(topology, cp, work / "controller", db, **controller_overrides)
-    deployment = SilkDeployment(topology, work, controller, cp, daemon_defaults or {})
+    deployment = SilkDeployment(topology, work, controller, cp, daemon_defaults or {}, db,
+                                controller_overrides)
     try:
         for name in names:
             deployment.add_cell(name)

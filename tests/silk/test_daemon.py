@@ -190,6 +190,51 @@ def test_controller_going_away_keeps_the_data_plane(deploy: Deploy) -> None:
     assert short.vtep() is not None
     assert peers_programmed(short) == programmed["short"]
 
+    # The controller comes back: the surviving daemon renews again, as if nothing happened.
+    successes = metric(steady, "cfnet_silk_daemon_renew_success_total")
+    silk.restart_controller()
+    wait_for(lambda: metric(steady, "cfnet_silk_daemon_renew_success_total") > successes,
+             what="renewal after the partition")
+    assert steady.running and steady.overlay_subnet in {
+        l.overlay_subnet for l in silk.routable_leases()}
+
+
+def test_a_deleted_vtep_is_rebuilt_and_the_neighbour_table_is_checked(deploy: Deploy) -> None:
+    # A headroom larger than any gc_thresh3 makes the table "too small" without touching the
+    # machine's (global) neighbour table settings.
+    silk = deploy(cells=2, daemon_defaults={"neighbour_table_headroom": 1 << 30})
+    silk.wait_converged()
+    a = silk.cells["cell1"]
+    warning = wait_for(lambda: [l for l in a.log_lines("neighbour-table-too-small")
+                                if l["data"]["remote-leases"] == 1])[0]
+    assert warning["level"] == "error"
+    assert "gc_thresh3 is" in warning["data"]["error"]
+    assert metric(a, "cfnet_silk_daemon_neighbour_table_too_small") == 1
+
+    netns.run(a.ns, ["ip", "link", "del", "silk-vtep"])
+    wait_for(lambda: a.log_lines("vtep-missing"), what="the daemon noticing")
+    wait_for(lambda: a.vtep() is not None and a.routed_subnets() == {
+        silk.cells["cell2"].overlay_subnet}, what="VTEP and routes rebuilt")
+    assert a.vtep().addresses == [(base(a.overlay_subnet), 16, 253)]
+    assert a.running
+
+
+def test_single_ip_cells_get_a_32_and_keep_it_across_restarts(deploy: Deploy) -> None:
+    silk = deploy(cells=1)
+    solo = silk.add_cell("solo", single_ip_only=True)
+    assert solo.overlay_subnet.endswith("/32") and solo.overlay_subnet.startswith("10.255.0.")
+    ip = base(solo.overlay_subnet)
+    assert solo.vtep().addresses == [(ip, 16, 253)]
+    assert solo.vtep().mac == mac(solo.overlay_subnet)
+    silk.wait_converged()
+    assert peers_programmed(silk.cells["cell1"]) == {
+        solo.overlay_subnet: (mac(solo.overlay_subnet), solo.underlay_ip)}
+    # Upstream rebuilt the lease as /24 after a restart and had to re-acquire; cfnet renews it.
+    assert silk.stop_daemon(solo) == 0
+    silk.start_daemon(solo)
+    assert solo.overlay_subnet == f"{ip}/32"
+    assert solo.log_lines("renewed-lease") and not solo.log_lines("acquired-lease")
+
 
 def test_an_expired_lease_taken_by_another_cell_is_refused(deploy: Deploy) -> None:
     # One block in the pool (10.255.1.0/24), leases expire after 2 s without renewal.
