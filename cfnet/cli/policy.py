@@ -52,7 +52,7 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def load_cli_config(path: Path | None, env: Mapping[str, str] | None = None) -> CliConfig:
-    """Read the config file; a missing default file is an empty config, a missing --config is not."""
+    """Read the config file: a missing default file is an empty config, a missing --config not."""
     from cfnet.core.config import build_config, read_config_file
 
     target = path if path is not None else default_config_path(env)
@@ -102,7 +102,8 @@ TokenOpt = Annotated[Optional[str], typer.Option(
     help=f"Bearer token (UAA or a static token) (env {ENV_TOKEN}).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", metavar="FILE", show_default=False, dir_okay=False,
-    help="CLI config file with keys api, token, timeout, ca_cert (default ~/.config/cfnet/cli.toml).")]
+    help="CLI config file with keys api, token, timeout, ca_cert "
+         "(default ~/.config/cfnet/cli.toml).")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", metavar="SECONDS", show_default=False,
     help=f"Connect and read timeout (default {DEFAULT_TIMEOUT:g}).")]

@@ -27,7 +27,7 @@ CLOSED_TLS_HINT = " (is the client certificate signed by a CA the server trusts?
 
 
 class ApiError(CfnetError):
-    """A request failed: the server said no (`status` set) or could not be reached (`status` None)."""
+    """A request failed: the server said no (`status` set) or was not reached (`status` None)."""
 
     def __init__(self, error: str, status: int | None = None, *, timeout: bool = False) -> None:
         super().__init__(error)
@@ -42,7 +42,7 @@ class ApiError(CfnetError):
 
 
 class InvalidInput(CfnetError, ValueError):
-    """Local input that can never make a valid request (bad URL, port, protocol); nothing was sent."""
+    """Local input that can never make a valid request (bad URL, port, protocol); nothing sent."""
 
 
 def normalize_base_url(url: str) -> str:
@@ -50,7 +50,8 @@ def normalize_base_url(url: str) -> str:
     text = url.strip()
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidInput(f"invalid API URL {url!r}: expected http://HOST:PORT or https://HOST:PORT")
+        raise InvalidInput(f"invalid API URL {url!r}: "
+                           "expected http://HOST:PORT or https://HOST:PORT")
     return text.rstrip("/")
 
 

@@ -56,7 +56,8 @@ class Policy:
             policy = cls(src["id"], dst["id"], dst["protocol"], ports["start"], ports["end"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"policy {data!r} lacks {e}") from None
-        if not all(isinstance(v, str) for v in (policy.source, policy.destination, policy.protocol)) \
+        names = (policy.source, policy.destination, policy.protocol)
+        if not all(isinstance(v, str) for v in names) \
                 or not all(type(v) is int for v in (policy.start, policy.end)):
             raise ValueError(f"policy {data!r} has a field of the wrong type")
         return policy

@@ -53,9 +53,14 @@ def test_v1_round_trip_and_shape():
 
 
 @pytest.mark.parametrize("bad", [
-    {}, {"source": {"id": "a"}}, {"source": {"id": "a"}, "destination": {"id": "b", "protocol": "tcp"}},
-    {"source": {"id": 1}, "destination": {"id": "b", "protocol": "tcp", "ports": {"start": 1, "end": 1}}},
-    {"source": {"id": "a"}, "destination": {"id": "b", "protocol": "tcp", "ports": {"start": "1", "end": 1}}},
+    {}, {"source": {"id": "a"}},
+    {"source": {"id": "a"}, "destination": {"id": "b", "protocol": "tcp"}},
+    {"source": {"id": 1},
+     "destination": {"id": "b", "protocol": "tcp", "ports": {"start": 1, "end": 1}}},
+    {"source": {"id": "a"},
+     "destination": {"id": "b", "protocol": "tcp", "ports": {"start": "1", "end": 1}}},
+    {"source": {"id": "a"},
+     "destination": {"id": "b", "protocol": "tcp", "ports": {"start": True, "end": 1}}},
     [], None,
 ])
 def test_from_v1_rejects_other_shapes(bad):
@@ -155,7 +160,8 @@ def test_internal_client_unreachable_and_bad_wait(closed_port, tmp_path):
         with pytest.raises(ApiError) as e:
             client.policies(["a"])
         assert e.value.unreachable
-        assert e.value.error == f"cannot connect to https://127.0.0.1:{closed_port}: connection refused"
+        assert e.value.error == (f"cannot connect to https://127.0.0.1:{closed_port}: "
+                                 "connection refused")
         for wait in (-1, float("nan"), float("inf")):
             with pytest.raises(InvalidInput):
                 client.policies_last_updated(wait=wait)
@@ -173,7 +179,8 @@ def test_internal_client_missing_certificate_files(closed_port, tmp_path):
     assert e.value.error.count("\n") == 0
 
 
-@pytest.mark.parametrize("url", ["http://h/networking/v0/external", "http://h/networking/v2/external/"])
+@pytest.mark.parametrize("url", ["http://h/networking/v0/external",
+                                 "http://h/networking/v2/external/"])
 def test_external_base_rejects_other_versions(url):
     with pytest.raises(InvalidInput, match="cfnet speaks API version v1"):
         external_base(url)

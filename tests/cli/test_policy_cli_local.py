@@ -18,7 +18,8 @@ from cfnet.core.errors import ConfigError
 @pytest.mark.parametrize("args, message", [
     (["--port", "0"], "invalid port 0, must be in range 1-65535"),
     (["--port", "70000"], "invalid port 70000, must be in range 1-65535"),
-    (["--port", "8090-8080"], "invalid port range 8090-8080, start must be less than or equal to end"),
+    (["--port", "8090-8080"],
+     "invalid port range 8090-8080, start must be less than or equal to end"),
     (["--port", "http"], "invalid port 'http'"),
     (["--port", "1-2-3"], "invalid port '1-2-3'"),
     (["--port", ""], "invalid port ''"),

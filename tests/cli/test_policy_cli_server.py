@@ -108,7 +108,8 @@ def test_remove_of_a_missing_policy_sends_no_delete(cfnet, ps, apps, internal):
     assert len(internal.policies([a])) == 1
 
     r = cfnet("policy", "remove", a, b, "--port", "9000-9001", "--json", *srv)
-    assert json.loads(r.stdout) == {"removed": True, "policy": Policy(a, b, "tcp", 9000, 9001).to_v1()}
+    assert json.loads(r.stdout) == {"removed": True,
+                                    "policy": Policy(a, b, "tcp", 9000, 9001).to_v1()}
     assert internal.policies_last_updated() > before
     assert internal.policies([a]) == []
 
