@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any
 
 from cfnet.core.errors import CfnetError
 from cfnet.core.security_groups import SecurityGroup, security_group_to_internal
@@ -65,7 +65,7 @@ class Tag:
 
 def max_tag(tag_length: int) -> int:
     """The highest usable tag: 255 for one byte, 65 535 for two. Tag 0 is never handed out."""
-    return 2 ** (8 * tag_length) - 1
+    return (1 << (8 * tag_length)) - 1
 
 
 def format_tag(tag: int, tag_length: int) -> str:
@@ -116,58 +116,51 @@ def parse_policies(body: bytes, version: str) -> list[Policy]:
     if not items:
         raise PolicyValidationError("validate policies: missing policies")
     check = _check_v0 if version == "v0" else _check_v1
-    policies = []
-    for item in items:
-        problem, policy = check(item)
-        if problem:
-            raise PolicyValidationError(f"validate policies: {problem}")
-        policies.append(policy)
-    return policies
+    return [check(item) for item in items]
 
 
-def _check_common(src: dict[str, Any], dst: dict[str, Any]) -> str:
+def _invalid(problem: str) -> PolicyValidationError:
+    return PolicyValidationError(f"validate policies: {problem}")
+
+
+def _check_common(src: dict[str, Any], dst: dict[str, Any]) -> None:
     if src["id"] == "":
-        return "missing source id"
+        raise _invalid("missing source id")
     if dst["id"] == "":
-        return "missing destination id"
+        raise _invalid("missing destination id")
     if dst["protocol"] not in PROTOCOLS:
-        return "invalid destination protocol, specify either udp or tcp"
-    return ""
+        raise _invalid("invalid destination protocol, specify either udp or tcp")
 
 
-def _check_v1(item: dict[str, Any]) -> tuple[str, Policy | None]:
+def _check_v1(item: dict[str, Any]) -> Policy:
     src, dst = item["source"], item["destination"]
     start, end = dst["ports"]["start"], dst["ports"]["end"]
-    problem = _check_common(src, dst)
-    if problem:
-        return problem, None
+    _check_common(src, dst)
     if start > end:
-        return f"invalid port range {start}-{end}, start must be less than or equal to end", None
+        raise _invalid(f"invalid port range {start}-{end}, start must be less than or equal to end")
     if start < 0:
-        return f"invalid start port {start}, must be in range 1-{MAX_PORT}", None
+        raise _invalid(f"invalid start port {start}, must be in range 1-{MAX_PORT}")
     if start == 0:
-        return "missing start port", None
+        raise _invalid("missing start port")
     if end > MAX_PORT:
-        return f"invalid end port {end}, must be in range 1-{MAX_PORT}", None
+        raise _invalid(f"invalid end port {end}, must be in range 1-{MAX_PORT}")
     if src["tag"] or dst["tag"]:
-        return "tags may not be specified", None
-    return "", Policy(src["id"], dst["id"], dst["protocol"], start, end)
+        raise _invalid("tags may not be specified")
+    return Policy(src["id"], dst["id"], dst["protocol"], start, end)
 
 
-def _check_v0(item: dict[str, Any]) -> tuple[str, Policy | None]:
+def _check_v0(item: dict[str, Any]) -> Policy:
     src, dst = item["source"], item["destination"]
     port = dst["port"]
-    problem = _check_common(src, dst)
-    if problem:
-        return problem, None
+    _check_common(src, dst)
     if port < 0:
-        return f"invalid port {port}, must be in range 1-{MAX_PORT}", None
+        raise _invalid(f"invalid port {port}, must be in range 1-{MAX_PORT}")
     if port == 0:
-        return "missing port", None
+        raise _invalid("missing port")
     # [quirk] v0 has no upper bound: 70000 is stored as 70000-70000, as upstream does.
     if src["tag"] or dst["tag"]:
-        return "tags may not be specified", None
-    return "", Policy(src["id"], dst["id"], dst["protocol"], port, port)
+        raise _invalid("tags may not be specified")
+    return Policy(src["id"], dst["id"], dst["protocol"], port, port)
 
 
 # -- Go's encoding/json, for the shapes above ----------------------------------------------------
@@ -214,7 +207,7 @@ class GoStruct:
         object.__setattr__(self, "folded", {go_fold(n): n for n in self.fields})
 
 
-GoType = Union[GoInt, GoString, GoSlice, GoStruct]
+GoType = GoInt | GoString | GoSlice | GoStruct
 
 
 def _struct(pkg: str, name: str, **fields: GoType) -> GoStruct:
@@ -276,7 +269,8 @@ def decode_go_json(body: bytes, schema: GoStruct) -> dict[str, Any]:
         raise GoJSONError(f"{e.msg} at offset {e.pos}") from None
     except (ValueError, RecursionError) as e:
         raise GoJSONError(str(e) or "invalid JSON") from None
-    return _GoDecoder(schema).value(raw, schema, go_zero(schema))
+    decoded: dict[str, Any] = _GoDecoder(schema).value(raw, schema, go_zero(schema))
+    return decoded
 
 
 def _parse_int(s: str) -> int | _Number:

@@ -49,8 +49,10 @@ MIGRATIONS = [
             "CREATE TABLE policies_info (id INTEGER PRIMARY KEY, last_updated_us INTEGER NOT NULL)",
             "CREATE TABLE security_groups (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " guid TEXT NOT NULL UNIQUE, name TEXT NOT NULL, rules TEXT NOT NULL DEFAULT '[]',"
-            " staging_default INTEGER NOT NULL DEFAULT 0, running_default INTEGER NOT NULL DEFAULT 0,"
-            " staging_spaces TEXT NOT NULL DEFAULT '[]', running_spaces TEXT NOT NULL DEFAULT '[]')",
+            " staging_default INTEGER NOT NULL DEFAULT 0,"
+            " running_default INTEGER NOT NULL DEFAULT 0,"
+            " staging_spaces TEXT NOT NULL DEFAULT '[]',"
+            " running_spaces TEXT NOT NULL DEFAULT '[]')",
         ),
         postgres=(
             "CREATE TABLE groups (id INTEGER PRIMARY KEY, guid TEXT UNIQUE, type TEXT)",
@@ -70,7 +72,8 @@ MIGRATIONS = [
             " guid TEXT NOT NULL UNIQUE, name TEXT NOT NULL, rules TEXT NOT NULL DEFAULT '[]',"
             " staging_default BOOLEAN NOT NULL DEFAULT false,"
             " running_default BOOLEAN NOT NULL DEFAULT false,"
-            " staging_spaces JSONB NOT NULL DEFAULT '[]', running_spaces JSONB NOT NULL DEFAULT '[]')",
+            " staging_spaces JSONB NOT NULL DEFAULT '[]',"
+            " running_spaces JSONB NOT NULL DEFAULT '[]')",
         ),
     ),
 ]
@@ -96,7 +99,8 @@ _PG_GROUPS = ("SELECT l.id, l.guid FROM unnest(?::text[]) u(guid), LATERAL"
               " (SELECT id, guid FROM groups WHERE groups.guid = u.guid LIMIT 1) l")
 _PG_BY_SOURCE = ("SELECT p.id, s.guid, s.id, dg.guid, dg.id, d.protocol, d.start_port, d.end_port"
                  " FROM {s} s JOIN policies p ON p.group_id = s.id"
-                 " JOIN destinations d ON d.id = p.destination_id JOIN groups dg ON dg.id = d.group_id")
+                 " JOIN destinations d ON d.id = p.destination_id"
+                 " JOIN groups dg ON dg.id = d.group_id")
 _PG_BY_DEST = ("SELECT p.id, sg.guid, sg.id, t.guid, t.id, d.protocol, d.start_port, d.end_port"
                " FROM {t} t JOIN destinations d ON d.group_id = t.id"
                " JOIN policies p ON p.destination_id = d.id JOIN groups sg ON sg.id = p.group_id")
@@ -139,16 +143,16 @@ class PolicyStore:
             return
         with self._write() as tx:
             stamp = self._bump(tx)
-            order = []  # guids in upstream's allocation order: each policy's source, then dest
-            for p in policies:
-                order += (p.source, p.destination)
+            # Tags go out in upstream's order: each policy's source, then its destination.
+            order = [guid for p in policies for guid in (p.source, p.destination)]
             groups = self._app_groups(tx, order)
             dests = {(groups[p.destination], p.port, p.start, p.end, p.protocol): None
                      for p in policies}
             tx.executemany("INSERT INTO destinations (group_id, port, start_port, end_port,"
                            " protocol) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", list(dests))
             ids = self._destination_ids(tx, {g for g, *_ in dests})
-            rows = {(groups[p.source], ids[(groups[p.destination], p.start, p.end, p.protocol)]): None
+            rows = {(groups[p.source],
+                     ids[(groups[p.destination], p.start, p.end, p.protocol)]): None
                     for p in policies}
             tx.executemany("INSERT INTO policies (group_id, destination_id) VALUES (?, ?)"
                            " ON CONFLICT DO NOTHING", list(rows))
@@ -197,13 +201,18 @@ class PolicyStore:
         with self.db.transaction() as tx:
             return self._tagged(tx.all(_SELECT_POLICIES + " ORDER BY p.id"))
 
+    def count(self) -> int:
+        """How many policies are stored (the `totalPolicies` metric), without loading them."""
+        with self.db.transaction() as tx:
+            return int(tx.scalar("SELECT COUNT(*) FROM policies"))
+
     def by_ids(self, ids: list[str]) -> list[TaggedPolicy]:
         """Policies whose source OR destination is in `ids` (the `id` filter)."""
         return self.by_guids(ids, ids)
 
     def by_guids(self, source_ids: list[str], dest_ids: list[str],
                  both: bool = False) -> list[TaggedPolicy]:
-        """Source in `source_ids` OR destination in `dest_ids`; with `both`, AND. Policy-id order."""
+        """Source in `source_ids` OR destination in `dest_ids`; with `both`, AND. Id order."""
         src, dst = list(dict.fromkeys(source_ids)), list(dict.fromkeys(dest_ids))
         if (both and not (src and dst)) or not (src or dst):
             return []
@@ -293,7 +302,7 @@ class PolicyStore:
     # -- security groups -------------------------------------------------------------------------
 
     def replace_security_groups(self, groups: list[SecurityGroup]) -> None:
-        """Make the table hold exactly `groups`, in one transaction. Existing guids keep their id."""
+        """Make the table hold exactly `groups`, in one transaction; existing guids keep ids."""
         with self.db.transaction(write=True, lock=SECURITY_GROUPS_LOCK) as tx:
             cast = "::jsonb" if tx.dialect == "postgres" else ""
             tx.executemany(
@@ -302,14 +311,16 @@ class PolicyStore:
                 " ON CONFLICT (guid) DO UPDATE SET name = excluded.name, rules = excluded.rules,"
                 " staging_default = excluded.staging_default,"
                 " running_default = excluded.running_default,"
-                " staging_spaces = excluded.staging_spaces, running_spaces = excluded.running_spaces",
+                " staging_spaces = excluded.staging_spaces,"
+                " running_spaces = excluded.running_spaces",
                 [(g.guid, g.name, g.rules, bool(g.staging_default), bool(g.running_default),
                   json.dumps(list(g.staging_spaces)), json.dumps(list(g.running_spaces)))
                  for g in groups])
             guids = [g.guid for g in groups]
             if tx.dialect == "sqlite":
                 tx.execute("DELETE FROM security_groups"
-                           " WHERE guid NOT IN (SELECT value FROM json_each(?))", (json.dumps(guids),))
+                           " WHERE guid NOT IN (SELECT value FROM json_each(?))",
+                           (json.dumps(guids),))
             else:
                 tx.execute("DELETE FROM security_groups WHERE guid <> ALL(?::text[])", (guids,))
 
@@ -358,7 +369,8 @@ class PolicyStore:
         """Advance the stamp strictly (new = max(now, old + 1) in µs); returns it in ns."""
         now = _now_us()
         us = tx.scalar("UPDATE policies_info SET last_updated_us = CASE WHEN ? > last_updated_us"
-                       " THEN ? ELSE last_updated_us + 1 END WHERE id = 1 RETURNING last_updated_us",
+                       " THEN ? ELSE last_updated_us + 1 END WHERE id = 1"
+                       " RETURNING last_updated_us",
                        (now, now))
         if us is None:
             raise StoreError("policies_info has no row: run the migrations")
@@ -395,7 +407,7 @@ class PolicyStore:
             found[guid] = gid
         missing = [g for g in dict.fromkeys(guids) if g not in found]
         if missing:
-            found.update(zip(missing, self._allocate(tx, missing, APP)))
+            found.update(zip(missing, self._allocate(tx, missing, APP), strict=True))
         return found
 
     def _allocate(self, tx: Tx, guids: list[str], kind: str) -> list[int]:
@@ -410,9 +422,9 @@ class PolicyStore:
             raise TagsExhaustedError(f"failed to find available tag: all {self.max_tag} tags "
                                      f"are in use (tag length {self.tag_length})")
         tx.executemany("UPDATE groups SET guid = ?, type = ? WHERE id = ?",
-                       [(g, kind, t) for g, t in zip(guids[:reused], tags[:reused])])
+                       [(g, kind, t) for g, t in zip(guids[:reused], tags[:reused], strict=True)])
         tx.executemany("INSERT INTO groups (id, guid, type) VALUES (?, ?, ?)",
-                       [(t, g, kind) for g, t in zip(guids[reused:], tags[reused:])])
+                       [(t, g, kind) for g, t in zip(guids[reused:], tags[reused:], strict=True)])
         return tags
 
     def _destination_ids(self, tx: Tx,

@@ -106,11 +106,12 @@ def test_v1_consequences_of_the_order() -> None:
 
 
 def test_v1_boundaries_accepted() -> None:
-    assert parse_policies(body(v1(start=1, end=65535), v1(protocol="udp", start=5, end=5)),
-                          "v1") == [Policy("a", "b", "tcp", 1, 65535), Policy("a", "b", "udp", 5, 5)]
+    raw = body(v1(start=1, end=65535), v1(protocol="udp", start=5, end=5))
+    assert parse_policies(raw, "v1") == [Policy("a", "b", "tcp", 1, 65535),
+                                         Policy("a", "b", "udp", 5, 5)]
 
 
-# -- spec §2.3: v0 -----------------------------------------------------------------------------------
+# -- spec §2.3: v0 ---------------------------------------------------------------------------------
 
 V0_ROWS = [
     (v0(src=""), "missing source id"),
@@ -149,7 +150,7 @@ def test_duplicates_are_kept_for_the_quota_guard() -> None:
     assert len(parse_policies(body(v1(), v1()), "v1")) == 2
 
 
-# -- spec §2.1: decoding -----------------------------------------------------------------------------
+# -- spec §2.1: decoding ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw", [b"null", b"{}", b'{"policies":null}', b'{"policies":[]}',
                                  b' {"total_policies": 3} '])
@@ -221,7 +222,8 @@ def test_keys_match_case_insensitively() -> None:
     raw = (b'{"POLICIES":[{"Source":{"ID":"a"},"DESTINATION":{"Id":"b","PROTOCOL":"udp",'
            b'"Ports":{"START":1,"eNd":2}}}]}')
     assert parse_policies(raw, "v1") == [Policy("a", "b", "udp", 1, 2)]
-    raw0 = b'{"Policies":[{"SOURCE":{"iD":"a"},"destination":{"ID":"b","Protocol":"tcp","PORT":9}}]}'
+    raw0 = (b'{"Policies":[{"SOURCE":{"iD":"a"},'
+            b'"destination":{"ID":"b","Protocol":"tcp","PORT":9}}]}')
     assert parse_policies(raw0, "v0") == [Policy("a", "b", "tcp", 9, 9)]
 
 
@@ -240,13 +242,15 @@ def test_unknown_and_ignored_keys() -> None:
                 destination_ips=[{"start": "10.0.0.1", "end": "10.0.0.2"}], destination_port=99)
     policy["extra"] = {"anything": [1, 2.5, None, True]}
     payload = {"policies": [policy], "total_policies": 7, "unknown": "x"}
-    assert parse_policies(json.dumps(payload).encode(), "v1") == [Policy("a", "b", "tcp", 8080, 8080)]
+    assert parse_policies(json.dumps(payload).encode(), "v1") == [
+        Policy("a", "b", "tcp", 8080, 8080)]
     assert parse_policies(body(v0(destination_ports={"start": 1, "end": 2})), "v0") == [
         Policy("a", "b", "tcp", 8080, 8080)]
 
 
 def test_null_is_the_zero_value() -> None:
-    assert error(body({"source": None, "destination": None})) == "validate policies: missing source id"
+    assert error(body({"source": None, "destination": None})) == (
+        "validate policies: missing source id")
     assert error(body(v1(src=None))) == "validate policies: missing source id"
     assert error(body(v1(protocol=None))) == (
         "validate policies: invalid destination protocol, specify either udp or tcp")
@@ -265,7 +269,8 @@ def test_repeated_keys_decode_into_the_same_field_as_go() -> None:
 
 
 def test_strings_keep_unicode_and_replace_invalid_utf8() -> None:
-    assert parse_policies(body(v1(src="\u00e4pp-\U0001f600")), "v1")[0].source == "\u00e4pp-\U0001f600"
+    name = "\u00e4pp-\U0001f600"
+    assert parse_policies(body(v1(src=name)), "v1")[0].source == name
     raw = body(v1(src="A")).replace(b'"A"', b'"\xff\xfeA"')
     assert parse_policies(raw, "v1")[0].source == "\ufffd\ufffdA"
     raw = body(v1()).replace(b'"a"', b'"\\ud800a"')  # a lone surrogate escape, as Go: U+FFFD
@@ -277,7 +282,7 @@ def test_unsupported_version_is_a_programming_error() -> None:
         parse_policies(body(v1()), "v2")
 
 
-# -- wire shapes ------------------------------------------------------------------------------------
+# -- wire shapes -----------------------------------------------------------------------------------
 
 def test_policy_shapes() -> None:
     p = Policy("app1", "app2", "tcp", 8080, 8090)
