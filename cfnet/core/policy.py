@@ -202,9 +202,11 @@ class GoStruct:
     gotype: str
     fields: dict[str, GoType] = field(hash=False)  # JSON field name -> type
     folded: dict[str, str] = field(init=False, hash=False, compare=False, repr=False)
+    zero: dict[str, Any] = field(init=False, hash=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folded", {go_fold(n): n for n in self.fields})
+        object.__setattr__(self, "zero", {n: go_zero(ft) for n, ft in self.fields.items()})
 
 
 GoType = GoInt | GoString | GoSlice | GoStruct
@@ -246,18 +248,22 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def go_zero(t: GoType) -> Any:
-    """Go's zero value as plain Python: 0, "", [] or a dict of zero fields."""
+    """Go's zero value as plain Python: 0, "", [] or a dict of zero fields.
+
+    Struct zeros are one shared template per type: the decoder copies before it writes, and its
+    results are read-only.
+    """
     if isinstance(t, GoInt):
         return 0
     if isinstance(t, GoString):
         return ""
     if isinstance(t, GoSlice):
         return []
-    return {name: go_zero(ft) for name, ft in t.fields.items()}
+    return t.zero
 
 
 def decode_go_json(body: bytes, schema: GoStruct) -> dict[str, Any]:
-    """Parse `body` into `schema` as Go would; raises GoJSONError."""
+    """Parse `body` into `schema` as Go would (treat the result as read-only); GoJSONError."""
     if not body.strip(b" \t\r\n"):
         raise GoJSONError("unexpected end of JSON input")
     # Go turns invalid UTF-8 inside strings into U+FFFD; anywhere else it is a syntax error.
