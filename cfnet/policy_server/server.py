@@ -129,6 +129,7 @@ def build(proc: Process) -> tuple[list[Any], list[Callable[[], Awaitable[None]]]
                           int_cfg.max_open_connections, 600)
         dsn = int_cfg.database.postgres_dsn() if int_cfg.database.type == "postgres" else ""
         watch = LastUpdatedWatch(store.last_updated_ns, log, postgres_dsn=dsn)
+        proc.metrics.watch_waiting.set_function(lambda: watch.waiting if watch else 0)
         calls = StoreCalls(store, proc.metrics, log)
         ctx = WrapContext(metrics=proc.metrics, log=log, hsts=True)
         deps = InternalDeps(calls=calls, tag_length=int_cfg.tag_length, watch=watch,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ps_env import Env, StartEnv, make_database, uaa_overrides, uaa_tokens
+from ps_env import INTERNAL_OVERRIDES, Env, StartEnv, make_database, uaa_overrides, uaa_tokens
 from ps_stubs import Cloud, serve_stub
 
 from cfnet.testing.policy_server import RunningPolicyServer, start_policy_server
@@ -32,7 +32,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     cloud, url = stub_cloud
     work = tmp_path_factory.mktemp(f"ps-{request.param}")
     for db in make_database(request.param, work):
-        ps = start_policy_server(work, db, external=uaa_overrides(url))
+        ps = start_policy_server(work, db, external=uaa_overrides(url),
+                                 internal=INTERNAL_OVERRIDES)
         try:
             yield Env(ps, cloud, url, request.param)
         finally:
@@ -48,7 +49,8 @@ def fresh_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sta
         for db in make_database(request.param, tmp_path):
             def start(**external: Any) -> Env:
                 work = tmp_path / f"server-{len(started)}"
-                ps = start_policy_server(work, db, external=uaa_overrides(url, **external))
+                ps = start_policy_server(work, db, external=uaa_overrides(url, **external),
+                                     internal=INTERNAL_OVERRIDES)
                 started.append(ps)
                 return Env(ps, cloud, url, request.param)
 

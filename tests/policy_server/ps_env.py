@@ -24,6 +24,7 @@ NOSCOPE = "uaa-noscope-token"
 CLIENT = "uaa-client-token"
 CORS = ["https://good.example", "*"]
 MAX_POLICIES = 4
+INTERNAL_OVERRIDES = {"watch_max_wait_seconds": 600}  # long-polls in tests can outlast any wake-up
 
 
 def uaa_tokens() -> dict[str, dict[str, Any]]:
