@@ -30,6 +30,7 @@ POLICY_LOCK = 0x6366_7031  # every policy and tag write (PostgreSQL advisory loc
 SECURITY_GROUPS_LOCK = 0x6366_7032  # ASG replace, which touches no policy table
 NOTIFY_CHANNEL = "cfnet_policies"  # payload: the new last-updated value in nanoseconds
 APP = "app"
+INT64_MAX = 2**63 - 1
 
 MIGRATIONS = [
     Migration(
@@ -330,6 +331,9 @@ class PolicyStore:
 
         Returns (page, next): `next` is the id of the first row after the page, or 0.
         """
+        if from_id > INT64_MAX:  # no row can have such an id (and SQLite cannot bind it)
+            return [], 0
+        limit = min(limit, INT64_MAX - 1)
         with self.db.transaction() as tx:
             where = "staging_default OR running_default"
             params: list[Any] = []

@@ -298,6 +298,9 @@ def test_security_groups_pagination(store: PolicyStore) -> None:
     page, nxt = store.security_groups(None, limit=4)
     assert page == groups[:4] and nxt > 0
     assert store.security_groups(None, from_id=nxt)[0] == groups[4:]
+    assert store.security_groups(None, from_id=2**63 - 1) == ([], 0)
+    assert store.security_groups(None, from_id=2**70, limit=2**70) == ([], 0)
+    assert store.security_groups(None, limit=2**63 - 1) == (groups, 0)
 
 
 def test_postgres_notifies_watchers_on_commit(pg_config: DatabaseConfig) -> None:
@@ -320,3 +323,20 @@ def test_postgres_notifies_watchers_on_commit(pg_config: DatabaseConfig) -> None
     finally:
         listener.close()
         db.close()
+
+
+def test_unusual_values_round_trip_or_fail_cleanly(store: PolicyStore, db: Database) -> None:
+    huge = Policy("\u00e4pp-\U0001f600", "x" * 1000, "tcp", 2**63 - 1, 2**63 - 1)  # v0: no bound
+    store.create([huge])
+    assert policies(store) == [huge]
+    assert store.by_ids(["x" * 1000])[0].policy == huge
+    store.delete([huge])
+    assert store.all() == [] and store.tags() == []
+    nul = Policy("a\x00b", "c", "tcp", 80, 80)
+    if db.dialect == "postgres":  # PostgreSQL text cannot hold NUL: a clean StoreError
+        with pytest.raises(StoreError):
+            store.create([nul])
+        assert store.all() == []
+    else:
+        store.create([nul])
+        assert policies(store) == [nul]
