@@ -105,7 +105,10 @@ class VtepConfig:
         if parse_mac(self.mac) is None:
             raise VtepError(f"parsing hardware address: {self.mac}")
         net = self.local_network()
-        if net.prefixlen >= self.subnet_prefix_length:
+        # With several CIDRs a later one may be exactly one block (the controller allows it).
+        single = len(parse_overlay(self.overlay_network)) == 1
+        if net.prefixlen > self.subnet_prefix_length or (
+                single and net.prefixlen == self.subnet_prefix_length):
             raise VtepError(f"overlay prefix {net.prefixlen} must be smaller than subnet prefix "
                             f"{self.subnet_prefix_length}")
 
