@@ -1,0 +1,68 @@
+"""What runs inside a lab container: a tiny HTTP responder, and a probe to reach others.
+
+Both use bare sockets: `http.server` stalls on reverse DNS lookups inside an isolated namespace.
+
+    python -m cfnet.lab.responder serve NAME INSTANCE PORT [PORT ...]
+    python -m cfnet.lab.responder probe HOST PORT [--timeout S]
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+
+
+def serve(name: str, instance: str, ports: list[int]) -> None:
+    body = f"{name}/{instance}\n".encode()
+    response = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+    def loop(port: int) -> None:
+        server = socket.create_server(("0.0.0.0", port), reuse_port=True)
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(response)
+                except OSError:
+                    pass
+
+    threads = [threading.Thread(target=loop, args=(p,), daemon=True) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def probe(host: str, port: int, timeout: float = 2.0) -> int:
+    """Print the responder's answer and exit 0, or print why not and exit 1."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+    except OSError as e:
+        print(f"failed: {e.strerror or e}")
+        return 1
+    print(data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip())
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 4 and argv[0] == "serve":
+        serve(argv[1], argv[2], [int(p) for p in argv[3:]])
+        return 0
+    if len(argv) >= 3 and argv[0] == "probe":
+        timeout = float(argv[4]) if len(argv) >= 5 and argv[3] == "--timeout" else 2.0
+        return probe(argv[1], int(argv[2]), timeout)
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
