@@ -397,17 +397,30 @@ def arp_thresholds(ipr: Any) -> tuple[int, int, int] | None:
     return None
 
 
+def permanent_entries_counted(release: str | None = None) -> bool:
+    """True on kernels older than 4.20, which count permanent neighbours against gc_thresh3
+    (newer ones exempt them: "neighbor: Improve garbage collection")."""
+    import os
+    import re
+
+    m = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) < (4, 20)
+
+
 def neighbour_table_warning(remote_leases: int, thresholds: tuple[int, int, int] | None,
-                            headroom: int = 0) -> str | None:
+                            headroom: int = 0, permanent_counted: bool = False) -> str | None:
     """Why the ARP table may be too small for `remote_leases` (+ `headroom`), or None.
 
-    Above gc_thresh2 the kernel garbage-collects aggressively, and older kernels count permanent
-    entries against gc_thresh3, refusing new ones: cells then lose routes to other cells.
+    Every remote cell costs a dynamic ARP entry for its underlay address (when on-link), which
+    the kernel counts against the global gc_thresh values on every kernel: above gc_thresh2 it
+    garbage-collects aggressively, at gc_thresh3 it drops ("neighbour table overflow") and
+    encapsulated traffic to some cells stalls. Older kernels also count the permanent overlay
+    entry of each remote cell (`permanent_counted`).
     """
     if thresholds is None:
         return None
     _, soft, hard = thresholds
-    needed = remote_leases + headroom
+    needed = remote_leases * (2 if permanent_counted else 1) + headroom
     if needed >= hard:
         return f"{needed} neighbour entries needed, gc_thresh3 is {hard}"
     if needed >= soft:

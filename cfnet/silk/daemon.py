@@ -440,7 +440,8 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a kernel without the table dump: nothing to check
             return
         warning = vtep.neighbour_table_warning(remote_leases, thresholds,
-                                               self.config.neighbour_table_headroom)
+                                               self.config.neighbour_table_headroom,
+                                               vtep.permanent_entries_counted())
         self.metrics.neighbour_table_small.set(1 if warning else 0)
         if warning and warning != self._small_table:
             assert thresholds is not None

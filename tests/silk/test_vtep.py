@@ -36,6 +36,11 @@ def test_mac_and_thresholds_are_computed_as_upstream() -> None:
     assert vtep.neighbour_table_warning(10, (128, 512, 1024)) is None
     assert "gc_thresh2 is 512" in (vtep.neighbour_table_warning(600, (128, 512, 1024)) or "")
     assert "gc_thresh3 is 1024" in (vtep.neighbour_table_warning(1024, (128, 512, 1024)) or "")
+    assert "1200 neighbour entries needed, gc_thresh3" in (vtep.neighbour_table_warning(
+        600, (128, 512, 1024), permanent_counted=True) or "")
+    assert vtep.neighbour_table_warning(10, (128, 512, 1024), headroom=1000) is not None
+    assert vtep.permanent_entries_counted("4.19.0-25-amd64")
+    assert not vtep.permanent_entries_counted("6.18.44-fc-v1147")
 
 
 @pytest.mark.parametrize("change, error", [
