@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cfnet.core.errors import CfnetError
 
 MAX_SUBNET_PREFIX = 30  # a /31 or /32 block leaves no room for containers
+_LOOKUP_MAX = 1 << 16  # pools up to this size get a string -> index dict
 
 
 class LeaseError(CfnetError):
@@ -157,6 +158,10 @@ class CIDRPool:
         self._blocks += [_Range(int(n.network_address), n.num_addresses // block, block)
                          for n in nets[1:]]
         self._singles = _Range(first_base + 1, block - 1, 1)
+        # Acquire maps every taken subnet to its index: a dict is ~40x faster than parsing, and
+        # cheap for pools of realistic size; huge pools fall back to arithmetic.
+        self._block_lookup: dict[str, int] | None = None
+        self._single_lookup: dict[str, int] | None = None
 
     # -- sizes and members -----------------------------------------------------------------------
 
@@ -187,43 +192,75 @@ class CIDRPool:
     def singles(self) -> Iterable[str]:
         return (self.single(i) for i in range(self.single_pool_size))
 
+    def block_index(self, subnet: str) -> int | None:
+        """The position of `subnet` in the block pool, or None when it is not a member."""
+        if self._block_lookup is None and self.block_pool_size <= _LOOKUP_MAX:
+            self._block_lookup = {b: i for i, b in enumerate(self.blocks())}
+        if self._block_lookup is not None:
+            return self._block_lookup.get(subnet)
+        base = _canonical(subnet, self.subnet_prefix_length)
+        if base is None:
+            return None
+        offset = 0
+        for r in self._blocks:
+            if r.start <= base < r.start + r.count * r.size and (base - r.start) % r.size == 0:
+                return offset + (base - r.start) // r.size
+            offset += r.count
+        return None
+
+    def single_index(self, subnet: str) -> int | None:
+        if self._single_lookup is None and self.single_pool_size <= _LOOKUP_MAX:
+            self._single_lookup = {b: i for i, b in enumerate(self.singles())}
+        if self._single_lookup is not None:
+            return self._single_lookup.get(subnet)
+        base = _canonical(subnet, 32)
+        r = self._singles
+        return base - r.start if base is not None and r.start <= base < r.start + r.count else None
+
     def is_block_member(self, subnet: str) -> bool:
-        base = self._canonical(subnet, self.subnet_prefix_length)
-        return base is not None and any(
-            r.start <= base < r.start + r.count * r.size and (base - r.start) % r.size == 0
-            for r in self._blocks)
+        return self.block_index(subnet) is not None
 
     def is_single_member(self, subnet: str) -> bool:
-        base = self._canonical(subnet, 32)
-        r = self._singles
-        return base is not None and r.start <= base < r.start + r.count
+        return self.single_index(subnet) is not None
 
     def is_member(self, subnet: str) -> bool:
         """Exact string membership of either pool, as upstream's `IsMember`."""
         return self.is_block_member(subnet) or self.is_single_member(subnet)
 
-    @staticmethod
-    def _canonical(subnet: str, prefix: int) -> int | None:
-        ip, sep, bits = subnet.partition("/")
-        addr = parse_ipv4(ip)
-        if not sep or addr is None or bits != str(prefix) or str(addr) != ip:
-            return None
-        return int(addr)
-
     # -- choosing a free subnet ------------------------------------------------------------------
 
     def free_block(self, taken: Iterable[str], rng: random.Random | None = None) -> str | None:
         """A block not in `taken`, uniformly at random; None when every block is taken."""
-        return _pick(self.block_pool_size, self.block, self.is_block_member, taken, rng)
+        return _pick(self.block_pool_size, self.block, self.block_index, taken, rng)
 
     def free_single(self, taken: Iterable[str], rng: random.Random | None = None) -> str | None:
-        return _pick(self.single_pool_size, self.single, self.is_single_member, taken, rng)
+        return _pick(self.single_pool_size, self.single, self.single_index, taken, rng)
 
 
-def _pick(size: int, at: Callable[[int], str], is_member: Callable[[str], bool],
+def _canonical(subnet: str, prefix: int) -> int | None:
+    """The base address of `subnet` as an integer, if it is written exactly `a.b.c.d/prefix`."""
+    ip, sep, bits = subnet.partition("/")
+    if not sep or bits != str(prefix):
+        return None
+    parts = ip.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        # Canonical decimal only: no sign, no leading zero, no spaces, at most 255.
+        if not (part.isascii() and part.isdigit()) or (len(part) > 1 and part[0] == "0"):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = value << 8 | octet
+    return value
+
+
+def _pick(size: int, at: Callable[[int], str], index_of: Callable[[str], int | None],
           taken: Iterable[str], rng: random.Random | None) -> str | None:
     rng = rng or random.SystemRandom()
-    used = {t for t in taken if is_member(t)}
+    used = {i for i in map(index_of, taken) if i is not None}
     free = size - len(used)
     if free <= 0:
         return None
@@ -231,8 +268,8 @@ def _pick(size: int, at: Callable[[int], str], is_member: Callable[[str], bool],
         # Mostly free: draw until a free one comes up (expected < 2 draws), never enumerating a
         # pool that may hold millions of blocks.
         while True:
-            candidate = at(rng.randrange(size))
-            if candidate not in used:
-                return candidate
+            index = rng.randrange(size)
+            if index not in used:
+                return at(index)
     # Mostly taken: the pool is at most twice the number of rows, so listing the free ones is cheap.
-    return rng.choice([c for c in map(at, range(size)) if c not in used])
+    return at(rng.choice([i for i in range(size) if i not in used]))

@@ -159,3 +159,15 @@ def test_lease_json_order_and_case_insensitive_decoding() -> None:
                                "overlay_hardware_addr": "ee:ee:0a:ff:11:00", "extra": 1})
     assert decoded == lease
     assert Lease.from_json({}) == Lease("", "", "")
+
+
+def test_membership_in_pools_too_large_to_list() -> None:
+    blocks = CIDRPool("10.0.0.0/8", 30)  # 4 million blocks: arithmetic, no lookup table
+    assert blocks.is_member("10.0.0.4/30") and blocks.is_member("10.255.255.252/30")
+    for not_member in ("10.0.0.04/30", "10.0.0.5/30", "10.0.0.0/30", "11.0.0.0/30", "10.0.0.4/29",
+                       "+10.0.0.4/30", "10.0.0.4 /30", "10.0.0.256/30"):
+        assert not blocks.is_member(not_member), not_member
+    assert blocks.block_index("10.0.0.8/30") == 1
+    singles = CIDRPool("10.0.0.0/8", 9)  # 8 million single IPs
+    assert singles.is_single_member("10.0.0.1/32") and singles.is_single_member("10.127.255.255/32")
+    assert not singles.is_single_member("10.0.0.0/32") and not singles.is_single_member("10.128.0.0/32")
