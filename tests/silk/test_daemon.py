@@ -342,3 +342,21 @@ def test_a_vtep_of_another_shape_is_rebuilt_for_the_same_lease(deploy: Deploy) -
     assert a.overlay_subnet == subnet
     assert a.log_lines("vtep-rebuilt")
     assert a.vtep().port == 4790
+
+
+def test_the_packet_mark_crosses_the_overlay_as_the_gbp_policy_id(deploy: Deploy) -> None:
+    silk = deploy(cells=2)
+    silk.wait_converged()
+    a, b = silk.cells["cell1"], silk.cells["cell2"]
+    dst = base(b.overlay_subnet)
+    netns.run(a.ns, ["nft", "-f", "-"], input=(
+        "table ip t { chain out { type route hook output priority 0; "
+        f"ip daddr {dst} icmp type echo-request meta mark set 0x5; }}\n}}\n"))
+    netns.run(b.ns, ["nft", "-f", "-"], input=(
+        "table ip t { chain in { type filter hook input priority 0; "
+        'iifname "silk-vtep" icmp type echo-request meta mark 0x5 counter; '
+        'iifname "silk-vtep" icmp type echo-request counter; }\n}\n'))
+    out = netns.run(a.ns, ["ping", "-c2", "-W2", dst], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    counters = netns.run(b.ns, ["nft", "list", "chain", "ip", "t", "in"]).stdout
+    assert counters.count("counter packets 2 ") == 2, counters  # marked ones == all of them
