@@ -104,19 +104,30 @@ def version_json(supported: tuple[str, ...] = SUPPORTED_VERSIONS) -> str:
 # Results
 
 
+# Keys that only CNI 1.1.0 results carry; converting down to an older version drops them.
+_V11_INTERFACE_KEYS = ("mtu", "socketPath", "pciID")
+_V11_ROUTE_KEYS = ("mtu", "advmss", "priority", "table", "scope")
+
+
+def _extra(data: dict[str, Any], known: tuple[str, ...], version: str,
+           v11_only: tuple[str, ...]) -> dict[str, Any]:
+    """The keys a type does not model, kept so a prevResult passes through unchanged."""
+    newer = at_least(version, "1.1.0")
+    return {k: v for k, v in data.items() if k not in known and (newer or k not in v11_only)}
+
+
 @dataclass
 class Interface:
     name: str
     mac: str = ""
     sandbox: str = ""
-    mtu: int = 0  # 1.1 only; 0 = not reported
+    extra: dict[str, Any] = field(default_factory=dict)  # mtu, socketPath, pciID (1.1)
 
     def to_dict(self, version: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.mac:
             out["mac"] = self.mac
-        if self.mtu and at_least(version, "1.1.0"):
-            out["mtu"] = self.mtu
+        out.update(_extra(self.extra, ("name", "mac", "sandbox"), version, _V11_INTERFACE_KEYS))
         if self.sandbox:
             out["sandbox"] = self.sandbox
         return out
@@ -144,16 +155,20 @@ class IPConfig:
 class Route:
     dst: str
     gw: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # mtu, advmss, priority, table, scope
 
     def to_dict(self, version: str) -> dict[str, Any]:
         out: dict[str, Any] = {"dst": self.dst}
         if self.gw:
             out["gw"] = self.gw
+        out.update(_extra(self.extra, ("dst", "gw"), version, _V11_ROUTE_KEYS))
         return out
 
 
 @dataclass
 class Result:
+    """An ADD result of any supported version; `to_dict(version)` converts it."""
+
     interfaces: list[Interface] = field(default_factory=list)
     ips: list[IPConfig] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
@@ -184,16 +199,19 @@ class Result:
         try:
             res = cls()
             for i in data.get("interfaces") or []:
-                res.interfaces.append(Interface(name=str(i["name"]), mac=str(i.get("mac", "")),
-                                                sandbox=str(i.get("sandbox", "")),
-                                                mtu=int(i.get("mtu", 0))))
+                res.interfaces.append(Interface(
+                    name=str(i["name"]), mac=str(i.get("mac", "")),
+                    sandbox=str(i.get("sandbox", "")),
+                    extra={k: v for k, v in i.items() if k not in ("name", "mac", "sandbox")}))
             for i in data.get("ips") or []:
                 idx = i.get("interface")
                 res.ips.append(IPConfig(address=str(i["address"]), gateway=str(i.get("gateway", "")),
                                         interface=None if idx is None else int(idx)))
             for r in data.get("routes") or []:
-                res.routes.append(Route(dst=str(r["dst"]), gw=str(r.get("gw", ""))))
-            dns = data.get("dns") or {}
+                res.routes.append(Route(dst=str(r["dst"]), gw=str(r.get("gw", "")),
+                                        extra={k: v for k, v in r.items() if k not in ("dst", "gw")}))
+            dns = data.get("dns")
+            dns = {} if dns is None else dns
             if not isinstance(dns, dict):
                 raise TypeError("dns must be an object")
             res.dns = dns

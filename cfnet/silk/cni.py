@@ -368,7 +368,7 @@ class SilkPlugin:
             undo.append(("store", (cfg.datastore, handle)))
 
             self._log("info", "add", container=args.container_id, ip=ip, handle=handle)
-            return _result(prev, host_name, hmac, args.ifname, cmac, args.netns, ip)
+            return _result(prev, host_name, hmac, args.ifname, cmac, args.netns, ip, mtu)
         except BaseException as e:
             failure = self._as_cni_error(e, step.msg)
             self._rollback(kernel, undo, args.container_id)
@@ -583,11 +583,14 @@ def _our_ip(prev: Result, ifname: str) -> str | None:
 
 
 def _result(prev: Result | None, host_name: str, hmac: str, ifname: str, cmac: str,
-            netns: str, ip: str) -> Result:
+            netns: str, ip: str, mtu: int) -> Result:
+    """silk's interfaces, address and default route, after those of a prevResult. The MTU is
+    reported only in 1.1.0 results (older versions have no such key)."""
     res = prev or Result()
     base = len(res.interfaces)
-    res.interfaces += [Interface(name=host_name, mac=hmac),
-                       Interface(name=ifname, mac=cmac, sandbox=netns)]
+    extra = {"mtu": mtu} if mtu else {}
+    res.interfaces += [Interface(name=host_name, mac=hmac, extra=dict(extra)),
+                       Interface(name=ifname, mac=cmac, sandbox=netns, extra=dict(extra))]
     res.ips.append(IPConfig(address=f"{ip}/32", gateway=HOST_IP, interface=base + 1))
     res.routes.append(Route(dst="0.0.0.0/0", gw=HOST_IP))
     return res
