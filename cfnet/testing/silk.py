@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from cfnet.net import netns
 from cfnet.net.topology import Host, Topology, stop_process
 from cfnet.store.db import DatabaseConfig
+from cfnet.testing.netns import Sandbox
 from cfnet.testing.silk_controller import RunningController, controller_config
 from cfnet.web.tls import Bundle, generate_bundle
 
@@ -412,13 +413,16 @@ def start_controller_in(topology: Topology, host: Host, workdir: Path,
 
 
 @contextmanager
-def silk_deployment(topology: Topology, workdir: str | Path, cells: int | list[str] = 2,
+def silk_deployment(topology: Topology | Sandbox, workdir: str | Path, cells: int | list[str] = 2,
                     database: DatabaseConfig | None = None, controller_host: str = "cp",
                     daemon_defaults: dict[str, Any] | None = None,
                     **controller_overrides: Any) -> Iterator[SilkDeployment]:
     """A controller in host `controller_host` and daemons in cells `cell1`, `cell2`, ... (or the
     given names), all ready on entry and all stopped on exit. `controller_overrides` are
-    controller config keys (for example `lease_expiration_seconds`, `network`)."""
+    controller config keys (for example `lease_expiration_seconds`, `network`). Given a
+    `Sandbox`, a new topology of that sandbox is used."""
+    if isinstance(topology, Sandbox):
+        topology = topology.topology()
     work = Path(workdir)
     names = [f"cell{i + 1}" for i in range(cells)] if isinstance(cells, int) else list(cells)
     cp = topology.add_host(controller_host)

@@ -331,8 +331,13 @@ def test_a_lease_outside_the_overlay_network_is_not_given_up_under_containers(
     assert a.vtep() is not None
 
 
-def test_a_vtep_of_another_shape_is_rebuilt_for_the_same_lease(deploy: Deploy) -> None:
-    silk = deploy(cells=1)
+def test_a_vtep_of_another_shape_is_rebuilt_for_the_same_lease(sandbox: Sandbox,
+                                                              tmp_path: Path) -> None:
+    with silk_deployment(sandbox, tmp_path, cells=1) as silk:
+        _vtep_of_another_shape(silk)
+
+
+def _vtep_of_another_shape(silk: SilkDeployment) -> None:
     a = silk.cells["cell1"]
     subnet = a.overlay_subnet
     assert silk.stop_daemon(a) == 0
