@@ -5,7 +5,8 @@
         a.overlay_subnet, b.underlay_ip, a.netinfo(), silk.routable_leases()
 
 On a `Topology` (switch namespace + bridge), the harness adds a control-plane host running a real
-`cfnet silk-controller` (SQLite by default, or the given database) and one host per cell running a
+`cfnet silk-controller` (SQLite by default, or the given database, which must be reachable from
+inside the control-plane namespace: 127.0.0.1 there is not the machine's) and one host per cell running a
 real `cfnet silk-daemon`, each process inside its own namespace. `add_cell` returns once the cell
 holds a lease and its VTEP is up; `wait_converged` once every cell routes to every other cell's
 subnet. Everything is stopped on exit (the namespaces themselves belong to the topology's owner,
