@@ -20,6 +20,7 @@ carry a prefix (`netout-`, `overlay-`, `rl-`, `c2c_`) so they never collide with
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -81,11 +82,22 @@ def log_prefix(text: str) -> str:
 # ---- scalar values --------------------------------------------------------------------------
 
 
-def ipv4(text: str | ipaddress.IPv4Address) -> str:
+@functools.lru_cache(maxsize=1 << 17)  # a cell renders the same few thousand IPs again and again
+def _ipv4(text: str) -> tuple[str, int]:
     try:
-        return str(ipaddress.IPv4Address(str(text).strip()))
+        a = ipaddress.IPv4Address(text.strip())
     except ValueError:
-        raise NftSyntaxError(f"invalid IPv4 address {str(text)!r}") from None
+        raise NftSyntaxError(f"invalid IPv4 address {text!r}") from None
+    return str(a), int(a)
+
+
+def ipv4(text: str | ipaddress.IPv4Address) -> str:
+    return _ipv4(str(text))[0]
+
+
+def ipv4_key(text: str) -> int:
+    """The address as an integer, for numeric sorting."""
+    return _ipv4(text)[1]
 
 
 def ipv4_interval(lo: str | ipaddress.IPv4Address, hi: str | ipaddress.IPv4Address) -> str:
@@ -186,8 +198,8 @@ class C2CAllow:
     hi: int
 
     def element(self) -> str:
-        return concat(ipv4(self.ip), mark(self.tag), proto(self.proto),
-                      port_range(self.lo, self.hi))
+        port_range(self.lo, self.hi)
+        return f"{ipv4(self.ip)} . {mark(self.tag)} . {proto(self.proto)} . {self.lo}-{self.hi}"
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -202,18 +214,32 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _merged_groups(entries: Iterable[C2CAllow]) -> list[tuple[str, int, str, list[tuple[int, int]]]]:
+    groups: dict[tuple[str, int, str], list[tuple[int, int]]] = {}
+    for e in entries:
+        if not (isinstance(e.lo, int) and isinstance(e.hi, int) and 0 <= e.lo <= e.hi <= 65535):
+            port_range(e.lo, e.hi)  # raises the precise error
+        if e.proto not in PROTOCOLS:
+            proto(e.proto)
+        if not (isinstance(e.tag, int) and 0 <= e.tag <= 0xFFFFFFFF):
+            mark(e.tag)
+        groups.setdefault((ipv4(e.ip), e.tag, e.proto), []).append((e.lo, e.hi))
+    return [(ip, tag, pr, rs if len(rs) == 1 else merge_ranges(rs))
+            for (ip, tag, pr), rs in sorted(groups.items(), key=lambda kv: (
+                ipv4_key(kv[0][0]), kv[0][1], kv[0][2]))]
+
+
 def merge_c2c(entries: Iterable[C2CAllow]) -> list[C2CAllow]:
     """Merge port ranges per (ip, tag, proto) so the interval set never gets overlapping elements
     (nft rejects them: "File exists"). Deterministic order."""
-    groups: dict[tuple[str, int, str], list[tuple[int, int]]] = {}
-    for e in entries:
-        port_range(e.lo, e.hi)
-        groups.setdefault((ipv4(e.ip), e.tag, proto(e.proto)), []).append((e.lo, e.hi))
-    out = []
-    for (ip, tag, pr), rs in sorted(groups.items(), key=lambda kv: (
-            ipaddress.IPv4Address(kv[0][0]), kv[0][1], kv[0][2])):
-        out.extend(C2CAllow(ip, tag, pr, lo, hi) for lo, hi in merge_ranges(rs))
-    return out
+    return [C2CAllow(ip, tag, pr, lo, hi) for ip, tag, pr, rs in _merged_groups(entries)
+            for lo, hi in rs]
+
+
+def merge_c2c_elements(entries: Iterable[C2CAllow]) -> list[str]:
+    """`merge_c2c`, straight to canonical element text (the agent's hot path)."""
+    return [f"{ip} . 0x{tag:x} . {pr} . {lo}-{hi}" for ip, tag, pr, rs in _merged_groups(entries)
+            for lo, hi in rs]
 
 
 # ---- listed JSON -> canonical text --------------------------------------------------------------

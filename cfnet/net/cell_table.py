@@ -16,7 +16,6 @@ always split into commands of at most `CHUNK` elements.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -363,15 +362,16 @@ class C2CState:
     @classmethod
     def build(cls, src_tags: dict[str, int], allow: Iterable[nx.C2CAllow]) -> C2CState:
         return cls({nx.ipv4(ip): tag for ip, tag in src_tags.items()},
-                   frozenset(e.element() for e in nx.merge_c2c(allow)))
+                   frozenset(nx.merge_c2c_elements(allow)))
 
 
 @dataclass
 class C2CListing:
-    """What the kernel holds: the live allow set's name and the c2c content."""
+    """What the kernel holds: the live allow set's name and the c2c content (None: not listed,
+    or the agent's own record of what it last applied)."""
 
     allow_set: str | None
-    state: C2CState
+    state: C2CState | None
     chain_rules: int = 0
 
 
@@ -387,8 +387,9 @@ def _c2c_chain(allow_set: str, logging: bool, bypass_cidr: str | None) -> list[s
     return _chain_contents("c2c", rules)
 
 
-def list_c2c(nft: Nft) -> C2CListing:
-    """The live allow set (the one chain c2c references) with its elements, and the source map."""
+def list_c2c(nft: Nft, elements: bool = True) -> C2CListing:
+    """The live allow set (the one chain c2c references) and, if `elements`, the source map and
+    the allow elements (listing 60k elements takes about a second)."""
     state = C2CState()
     if not nft.table_exists(FAMILY, TABLE):
         return C2CListing(None, state)
@@ -399,6 +400,8 @@ def list_c2c(nft: Nft) -> C2CListing:
             right = e.get("match", {}).get("right")
             if isinstance(right, str) and right.lstrip("@") in ALLOW_SETS:
                 live = right.lstrip("@")
+    if not elements:
+        return C2CListing(live, None, len(chain))
     src = TableState.from_json(nft.list_json(f"map {T} c2c_src_tag")).sets["c2c_src_tag"]
     tags = {k: int(v, 16) for k, v in src.keys.items() if v is not None}
     allow: frozenset[str] = frozenset()
@@ -415,11 +418,14 @@ def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence
         nx.element(ip, nx.mark(tag)) for ip, tag in sorted(desired.src_tags.items())])
     lines += _chain_contents("c2c-log", logging_rules)
     live = current.allow_set
-    deletes = sorted(current.state.allow - desired.allow) if live else []
-    if live is not None and len(deletes) <= DIFF_MAX_DELETES:
+    known = current.state
+    deletes = sorted(known.allow - desired.allow) if live and known is not None else []
+    if live is not None and known is not None and len(deletes) <= DIFF_MAX_DELETES:
         target = live
+        # add-then-delete: also right when an element is already gone
+        lines += element_commands("add", live, deletes)
         lines += element_commands("delete", live, deletes)
-        lines += element_commands("add", live, sorted(desired.allow - current.state.allow))
+        lines += element_commands("add", live, sorted(desired.allow - known.allow))
     else:
         target = ALLOW_SETS[1] if live == ALLOW_SETS[0] else ALLOW_SETS[0]
         # A leftover set of that name (an interrupted older layout) is dropped first.
@@ -454,11 +460,10 @@ def render_c2c_diff(old: C2CState, new: C2CState, allow_set: str) -> str:
         lines += element_commands("add", allow_set, gone)
         lines += element_commands("delete", allow_set, gone)
     lines += element_commands("add", allow_set, sorted(new.allow - old.allow))
-    for ip in sorted(old.src_tags.keys() | new.src_tags.keys(),
-                     key=lambda a: ipaddress.IPv4Address(a)):
+    changed = [ip for ip in old.src_tags.keys() | new.src_tags.keys()
+               if old.src_tags.get(ip) != new.src_tags.get(ip)]
+    for ip in sorted(changed, key=nx.ipv4_key):
         was, now = old.src_tags.get(ip), new.src_tags.get(ip)
-        if was == now:
-            continue
         if was is not None:
             lines.append(f"add element {T} c2c_src_tag {{ {nx.element(ip, nx.mark(was))} }}")
             lines.append(f"delete element {T} c2c_src_tag {{ {ip} }}")
@@ -468,8 +473,16 @@ def render_c2c_diff(old: C2CState, new: C2CState, allow_set: str) -> str:
 
 
 def replace_c2c(nft: Nft, desired: C2CState, logging_rules: Sequence[str] = (),
-                bypass_cidr: str | None = None) -> str:
-    """List the live c2c state and make it `desired` in one transaction; returns the live set name."""
-    lines, target = _c2c_replace(desired, list_c2c(nft), logging_rules, bypass_cidr)
+                bypass_cidr: str | None = None, last: C2CState | None = None,
+                list_elements: bool = False) -> str:
+    """Make the kernel's c2c state `desired` in one transaction; returns the live set name.
+
+    The diff-or-swap choice needs the current elements: `last` (what this agent last applied),
+    or a listing when `list_elements`; with neither, the allow set is swapped (about as fast as
+    listing it)."""
+    current = list_c2c(nft, elements=list_elements and last is None)
+    if last is not None:
+        current.state = last
+    lines, target = _c2c_replace(desired, current, logging_rules, bypass_cidr)
     nft.run(script(lines))
     return target

@@ -134,11 +134,14 @@ def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None
     assert ct.list_c2c(cell).state == first
 
     small = ct.C2CState.build({"10.255.0.2": 0x2}, allow(290) + allow(5, port=9090))
-    assert ct.replace_c2c(cell, small) == "c2c_allow"  # 10 deletions: diff in place
+    assert ct.replace_c2c(cell, small, list_elements=True) == "c2c_allow"  # 10 deletions: diff
     assert ct.list_c2c(cell).state == small
+    smaller = ct.C2CState.build({"10.255.0.2": 0x2}, allow(280) + allow(5, port=9090))
+    assert ct.replace_c2c(cell, smaller, last=small) == "c2c_allow"  # diff from the agent's record
+    assert ct.list_c2c(cell).state == smaller
 
     large = ct.C2CState.build({"10.255.0.2": 0x2}, allow(200, tag_base=100))
-    assert ct.replace_c2c(cell, large) == "c2c_allow_b"  # swapped
+    assert ct.replace_c2c(cell, large, last=smaller) == "c2c_allow_b"  # 80 deletions: swapped
     listing = ct.list_c2c(cell)
     assert listing.allow_set == "c2c_allow_b" and listing.state == large
     assert "c2c_allow" not in listed(cell).sets
@@ -148,6 +151,8 @@ def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None
     state = listed(cell)
     assert len(state.chains["c2c"].rules) == 4 and len(state.chains["c2c-log"].rules) == 1
     assert ct.list_c2c(cell).state == ct.C2CState()
+    assert ct.replace_c2c(cell, first) == "c2c_allow_b"  # no record, no listing: swap
+    assert ct.list_c2c(cell).state == first
 
 
 def test_c2c_diff_survives_elements_removed_behind_its_back(cell: Nft) -> None:
