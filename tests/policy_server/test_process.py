@@ -161,7 +161,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(sqlite_config: Datab
                              cert=ps.client_cert, verify=ps.ca_file, timeout=10).text
         future = pool.submit(requests.get, ps.internal_url
                              + f"/networking/v1/internal/policies_last_updated?wait=2&since={stamp}",
-                             cert=ps.client_cert, verify=ps.ca_file, timeout=60)
+                             cert=ps.client_cert, verify=ps.ca_file, timeout=60,
+                             headers={"Connection": "close"})
         eventually(lambda: re.search(r"^cfnet_policy_server_watch_waiting_requests 1",
                                      requests.get(ps.debug_url + "/metrics", timeout=5).text, re.M),
                    what="long-poll parked")
@@ -213,7 +214,9 @@ def test_external_tls_adds_hsts(sqlite_config: DatabaseConfig, tmp_path: Path) -
 
 def _try_get_tls(url: str, ca: str) -> requests.Response | None:
     try:
-        return requests.get(url, verify=ca, timeout=5)
+        # Connection: close, as an idle TLS keep-alive connection holds up shutdown until the
+        # grace period ends (the server waits for the peer's close_notify).
+        return requests.get(url, verify=ca, timeout=5, headers={"Connection": "close"})
     except requests.ConnectionError:
         return None
 
