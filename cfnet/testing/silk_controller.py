@@ -7,7 +7,8 @@
 The harness writes certificates (or reuses a given bundle) and a config file, starts
 `python -m cfnet silk-controller` (optionally inside a network namespace with `ip netns exec`),
 waits until `/health` answers, and stops the process with SIGTERM on exit, killing it if it does
-not stop in time. Ports default to 0: the controller picks free ones and logs them, and the harness
+not stop in time. With `netns`, health is probed from inside that namespace (nothing is sent from
+the caller's namespace), and the URLs are addresses inside it. Ports default to 0: the controller picks free ones and logs them, and the harness
 reads them from its `starting-servers` line, so parallel runs never collide.
 """
 
@@ -135,7 +136,7 @@ def start_controller(workdir: str | Path, database: DatabaseConfig, *, bundle: B
             client_tls=bundle.client, bundle=bundle, config_path=config_path,
             stdout_path=out, stderr_path=err, process=process,
         )
-        _wait_healthy(running, startup_timeout)
+        _wait_healthy(running, startup_timeout, netns)
     except BaseException:
         if process.poll() is None:
             process.kill()
@@ -176,16 +177,30 @@ def _wait_for_servers(process: subprocess.Popen[bytes], out: Path, err: Path,
     raise _failure(f"did not start its listeners within {timeout:.0f} s", process, err)
 
 
-def _wait_healthy(running: RunningController, timeout: float) -> None:
+_PROBE = ("import sys, urllib.request as u\n"
+          "o = u.build_opener(u.ProxyHandler({}))\n"
+          "try:\n    sys.exit(0 if o.open(sys.argv[1], timeout=2).status == 200 else 1)\n"
+          "except OSError:\n    sys.exit(1)\n")
+
+
+def _healthy(url: str, netns: str | None) -> bool:
+    if netns is not None:
+        probe = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _PROBE, url],
+                               capture_output=True, timeout=30)
+        return probe.returncode == 0
+    try:
+        with _OPENER.open(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_healthy(running: RunningController, timeout: float, netns: str | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running.process.poll() is not None:
             raise _failure("exited during start-up", running.process, running.stderr_path)
-        try:
-            with _OPENER.open(running.health_url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if _healthy(running.health_url, netns):
+            return
         time.sleep(0.05)
     raise _failure(f"not healthy within {timeout:.0f} s", running.process, running.stderr_path)
