@@ -116,7 +116,12 @@ def parse_networks(network: str | Sequence[str]) -> list[ipaddress.IPv4Network]:
 
     Host bits are masked as upstream does (`10.255.255.255/12` -> `10.240.0.0/12`).
     """
-    items = network.split(",") if isinstance(network, str) else list(network)
+    if isinstance(network, str):
+        items: list[object] = list(network.split(","))
+    elif isinstance(network, (list, tuple)):
+        items = list(network)
+    else:
+        raise LeaseError(f"{network!r} is not a CIDR or a list of CIDRs")
     items = [i.strip() if isinstance(i, str) else i for i in items]
     if not items or items == [""]:
         raise LeaseError("network must not be empty")

@@ -115,12 +115,13 @@ class LeaseClient:
 
     def _exchange(self, method: str, path: str, data: bytes | None,
                   headers: dict[str, str]) -> tuple[int, bytes]:
-        # A kept-alive connection the server has closed meanwhile fails on first use: retry once
-        # on a fresh one. All four calls are idempotent, so a retry is safe even if the first
-        # attempt did reach the server.
-        for attempt in (0, 1):
-            fresh = self._conn is None
-            if fresh:
+        # A kept-alive connection the server has closed meanwhile (idle timeout, restart) fails on
+        # first use, as a reset, a broken pipe or a TLS EOF: retry once on a fresh connection.
+        # All four calls are idempotent, so a retry is safe even if the first attempt did reach
+        # the server. A timeout is never retried: the caller's time budget is spent.
+        while True:
+            reused = self._conn is not None
+            if self._conn is None:
                 self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
                                                          context=self._context)
             conn = self._conn
@@ -132,17 +133,14 @@ class LeaseClient:
                     conn.close()
                     self._conn = None
                 return response.status, raw
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-                conn.close()
-                self._conn = None
-                if fresh or attempt:
-                    raise LeaseClientError(f"http client do: {method} {path}: {e}") from None
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
                 self._conn = None
-                reason = "timeout" if isinstance(e, socket.timeout) else str(e) or type(e).__name__
+                timed_out = isinstance(e, socket.timeout)
+                if reused and not timed_out:
+                    continue
+                reason = "timeout" if timed_out else str(e) or type(e).__name__
                 raise LeaseClientError(f"http client do: {method} {path}: {reason}") from None
-        raise AssertionError("unreachable")
 
 
 def _object(value: Any) -> dict[str, Any]:

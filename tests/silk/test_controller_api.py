@@ -339,11 +339,20 @@ def _age(db_config: DatabaseConfig, underlay_ip: str, seconds: int) -> None:
         db.close()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_cell_keeps_its_subnet_across_controller_restarts(db_config: DatabaseConfig, bundle: Bundle,
                                                             tmp_path: Path) -> None:
-    with silk_controller(tmp_path, db_config, bundle=bundle) as first:
-        with first.client() as c:
-            lease = c.acquire("10.244.0.1")
+    port = _free_port()
+    with silk_controller(tmp_path, db_config, bundle=bundle, listen_port=port) as first:
+        client = first.client()
+        lease = client.acquire("10.244.0.1")
     assert first.process.returncode == 0  # SIGTERM is a graceful stop
     messages = [line["message"].rsplit(".", 1)[-1] for line in first.log_lines()]
     for event in ("starting", "parsed-config", "db-migration-complete", "starting-servers",
@@ -353,10 +362,13 @@ def test_a_cell_keeps_its_subnet_across_controller_restarts(db_config: DatabaseC
     migrated = next(line for line in first.log_lines() if line["message"].endswith("db-migration-complete"))
     assert migrated["data"] == {"num-applied": 1}
 
-    with silk_controller(tmp_path, db_config, bundle=bundle) as second:
-        with second.client() as c:
-            assert c.routable_leases() == [lease]
-            assert c.acquire("10.244.0.1") == lease
+    with silk_controller(tmp_path, db_config, bundle=bundle, listen_port=port) as second:
+        # The same client: its kept-alive connection died with the first controller, and it
+        # reconnects without surfacing an error, as a daemon's renew loop needs.
+        with client:
+            assert client.routable_leases() == [lease]
+            assert client.acquire("10.244.0.1") == lease
+            client.renew(lease)
         migrated = next(l for l in second.log_lines() if l["message"].endswith("db-migration-complete"))
         assert migrated["data"] == {"num-applied": 0}
 

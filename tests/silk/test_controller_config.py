@@ -75,6 +75,7 @@ path = "/var/lib/cfnet/silk.db"
     ({"network": "10.255.0.0/16,10.255.128.0/17"}, "network", "overlap"),
     ({"network": ["10.255.0.0/16", "nonsense"]}, "network", "is not an IPv4 CIDR"),
     ({"network": ""}, "network", "must not be empty"),
+    ({"network": 10}, "network", "is not a CIDR or a list of CIDRs"),
     ({"network": ["10.255.0.0/16", "10.1.0.0/25"]}, "subnet_prefix_length", "smaller than one /24 block"),
     ({"lease_expiration_seconds": 0}, "lease_expiration_seconds", "less than 1"),
     ({"listen_port": 70000}, "listen_port", "more than 65535"),
