@@ -202,6 +202,8 @@ def parse_asg_rule(entry: Any, index: int = 0) -> EgressRule | None:
             raise ValueError(f"unknown protocol {protocol!r}: must be tcp, udp, icmp or all")
         networks = parse_destinations(entry.get("destination", ""))
         raw_ports = entry.get("ports") or ""
+        if not isinstance(raw_ports, str):
+            raise ValueError(f"ports must be a string like \"80,443,1000-2000\", not {raw_ports!r}")
         ports = parse_ports(raw_ports) if raw_ports.strip() else ()
         icmp = None
         if protocol == "icmp":

@@ -387,6 +387,39 @@ def _c2c_chain(allow_set: str, logging: bool, bypass_cidr: str | None) -> list[s
     return _chain_contents("c2c", rules)
 
 
+@dataclass(frozen=True)
+class C2CLogEntry:
+    """One destination entry to log (spec 1.7): accepted connections to `ip` from the source
+    tag, given as the policy server writes it (hex text, e.g. "0001")."""
+
+    ip: str
+    source_tag: str
+    proto: str
+    lo: int
+    hi: int
+    dst_guid: str
+
+
+def c2c_log_rules(entries: Iterable[C2CLogEntry], udp_logs_per_sec: int = 100) -> list[str]:
+    """Rule bodies for chain c2c-log (spec 7.4): tcp logs each new connection, udp is rate-limited;
+    prefix `OK_<tag>_<dst guid> ` cut as upstream's."""
+    out = []
+    for e in entries:
+        try:
+            tag = int(e.source_tag, 16)
+        except ValueError:
+            raise nx.NftSyntaxError(f"invalid source tag {e.source_tag!r}: must be hex") from None
+        head = (f"ip daddr {nx.ipv4(e.ip)} meta mark {nx.mark(tag)} meta l4proto "
+                f"{nx.proto(e.proto)} th dport {nx.ports(e.lo, e.hi)}")
+        prefix = nx.log_prefix(f"OK_{e.source_tag}_{e.dst_guid}")
+        if e.proto == "udp":
+            out.append(f"{head} limit rate {udp_logs_per_sec}/second burst {udp_logs_per_sec} "
+                       f"packets log prefix {prefix}")
+        else:
+            out.append(f"{head} ct state invalid,new,untracked log prefix {prefix}")
+    return out
+
+
 def list_c2c(nft: Nft, elements: bool = True) -> C2CListing:
     """The live allow set (the one chain c2c references) and, if `elements`, the source map and
     the allow elements (listing 60k elements takes about a second)."""

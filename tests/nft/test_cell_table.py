@@ -145,11 +145,18 @@ def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None
     listing = ct.list_c2c(cell)
     assert listing.allow_set == "c2c_allow_b" and listing.state == large
     assert "c2c_allow" not in listed(cell).sets
-    assert ct.replace_c2c(cell, ct.C2CState(), logging_rules=[
-        'ip daddr 10.255.0.2 meta mark 0x5 meta l4proto tcp th dport 8080-8090 ct state '
-        'invalid,new,untracked log prefix "OK_5_app "'], bypass_cidr="10.255.0.0/16") == "c2c_allow"
+    log = ct.c2c_log_rules([
+        ct.C2CLogEntry("10.255.0.2", "0005", "tcp", 8080, 8090, "some-very-very-long-app-guid"),
+        ct.C2CLogEntry("10.255.0.2", "FFFF", "udp", 53, 53, "dst")], udp_logs_per_sec=7)
+    assert log == [
+        "ip daddr 10.255.0.2 meta mark 0x5 meta l4proto tcp th dport 8080-8090 ct state "
+        'invalid,new,untracked log prefix "OK_0005_some-very-very-long- "',
+        "ip daddr 10.255.0.2 meta mark 0xffff meta l4proto udp th dport 53 limit rate 7/second "
+        'burst 7 packets log prefix "OK_FFFF_dst "']
+    assert ct.replace_c2c(cell, ct.C2CState(), logging_rules=log,
+                          bypass_cidr="10.255.0.0/16") == "c2c_allow"
     state = listed(cell)
-    assert len(state.chains["c2c"].rules) == 4 and len(state.chains["c2c-log"].rules) == 1
+    assert len(state.chains["c2c"].rules) == 4 and len(state.chains["c2c-log"].rules) == 2
     assert ct.list_c2c(cell).state == ct.C2CState()
     assert ct.replace_c2c(cell, first) == "c2c_allow_b"  # no record, no listing: swap
     assert ct.list_c2c(cell).state == first
