@@ -1,0 +1,145 @@
+"""The "swappable" promise: the hook drives Debian's Go bridge + host-local + portmap chain."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cfnet.net import netns
+from tests.garden.conftest import SUBNET, GardenCell, Responder, tcp_get
+
+pytestmark = pytest.mark.privileged
+
+
+def test_up_connects_a_mapped_port_and_down_removes_everything(garden_cell: GardenCell,
+                                                               container) -> None:
+    cell = garden_cell
+    c1 = container("c1")
+    cell.warm_up(container("warm"))
+    before = cell.snapshot((c1,))
+
+    res = cell.up("h1", c1, netin=[{"host_port": 0, "container_port": 8080},
+                                   {"host_port": 0, "container_port": 2222}])
+    assert res.rc == 0, res.stderr
+    assert res.stdout.endswith("\n") and res.stdout.count("\n") == 1
+    out = res.json
+    props = out["properties"]
+    ip = props["garden.network.container-ip"]
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(SUBNET)
+    assert props["garden.network.host-ip"] == "255.255.255.255"
+    assert props["garden.network.interface"] == "eth0"
+    assert json.loads(props["garden.network.mapped-ports"]) == [
+        {"HostPort": 61000, "ContainerPort": 8080}, {"HostPort": 61001, "ContainerPort": 2222}]
+    assert out["search_domains"] == ["pivotal.io"]
+    assert "dns_servers" not in out  # bridge reports none: Garden uses the host's resolv.conf
+    assert list(out) == ["properties", "search_domains"]
+    assert cell.acquired_ports() == {"h1": [61000, 61001]}
+
+    # The container really has the address, and the mapped host port reaches it from outside.
+    addrs = json.loads(netns.run(c1, ["ip", "-j", "addr", "show", "eth0"]).stdout)
+    assert ip in [a["local"] for a in addrs[0]["addr_info"]]
+    responder = Responder(c1, 8080)
+    try:
+        assert tcp_get(cell.client, "192.168.231.1", 61000) == b"hello from the container"
+    finally:
+        responder.close()
+
+    assert cell.down("h1").rc == 0
+    assert cell.snapshot((c1,)) == before
+    assert not any("CNI-DN" in line for line in before["ruleset"].splitlines())
+    again = cell.down("h1")  # down twice
+    assert (again.rc, again.stdout) == (0, "")
+    assert cell.snapshot((c1,)) == before
+
+
+def test_down_works_after_the_container_is_gone(garden_cell: GardenCell, container) -> None:
+    cell = garden_cell
+    cell.warm_up(container("warm"))
+    before = cell.snapshot()
+    c1 = container("gone")
+    assert cell.up("h1", c1, netin=[{"host_port": 0, "container_port": 8080}]).rc == 0
+    # The container's namespace dies and someone removes the bind mount: down still cleans up.
+    netns.remove(c1)
+    for point in cell.mounts():
+        ctypes.CDLL(None).umount2(point.encode(), 2)
+    assert cell.mounts() == []
+    res = cell.down("h1")
+    assert res.rc == 0, res.stderr
+    assert cell.snapshot() == before
+
+
+def test_down_without_cache_state_or_mount_succeeds(garden_cell: GardenCell) -> None:
+    res = garden_cell.down("never-created")
+    assert (res.rc, res.stdout, res.stderr) == (0, "", "")
+
+
+def test_upstream_and_cfnet_spellings_and_pid(garden_cell: GardenCell, container) -> None:
+    """`up --handle H --configFile F` and a real process's pid instead of fd 3."""
+    cell = garden_cell
+    c1 = container("pid")
+    proc = subprocess.Popen(netns.exec_argv(c1, ["sleep", "300"]))
+    try:
+        # `ip netns exec` execs sleep in place: the process in c1 is the container's
+        deadline = time.monotonic() + 10
+        while not (pids := netns.pids_in(c1)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pids == [proc.pid]
+        res = cell.hook("up", "h1", {"pid": pids[0], "NETIN": [{"HOST_PORT": 0,
+                                                                 "container_port": 80}]},
+                        args=["up", "--handle", "h1", "--configFile", str(cell.config_path)])
+        assert res.rc == 0, res.stderr
+        assert json.loads(res.json["properties"]["garden.network.mapped-ports"]) == [
+            {"HostPort": 61000, "ContainerPort": 80}]
+        addrs = json.loads(netns.run(c1, ["ip", "-j", "addr", "show", "eth0"]).stdout)
+        assert addrs[0]["addr_info"][0]["local"] == res.json["properties"][
+            "garden.network.container-ip"]
+        res = cell.hook("down", "h1", args=["down", "-handle=h1",
+                                            f"-configFile={cell.config_path}"])
+        assert res.rc == 0, res.stderr
+        assert cell.acquired_ports() == {}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_fifty_concurrent_up_down_pairs(garden_cell: GardenCell, container) -> None:
+    cell = garden_cell
+    cell.warm_up(container("warm"))
+    before = cell.snapshot()
+    names = [container(f"p{i}") for i in range(50)]
+
+    def pair(i: int) -> tuple[int, int, str]:
+        up = cell.up(f"h{i}", names[i], netin=[{"host_port": 0, "container_port": 8080}])
+        if up.rc != 0:
+            return -1, -1, up.stderr
+        port = json.loads(up.json["properties"]["garden.network.mapped-ports"])[0]["HostPort"]
+        down = cell.down(f"h{i}")
+        return port, down.rc, down.stderr
+
+    # First all ups at once (ports must be unique while they are all held), then all downs.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ups = list(pool.map(lambda i: cell.up(f"h{i}", names[i],
+                                              netin=[{"host_port": 0, "container_port": 8080}]),
+                            range(50)))
+    assert [u.stderr for u in ups if u.rc != 0] == []
+    ports = [json.loads(u.json["properties"]["garden.network.mapped-ports"])[0]["HostPort"]
+             for u in ups]
+    ips = [u.json["properties"]["garden.network.container-ip"] for u in ups]
+    assert len(set(ports)) == 50 and len(set(ips)) == 50
+    assert sorted(ports) == list(range(61000, 61050))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        downs = list(pool.map(lambda i: cell.down(f"h{i}"), range(50)))
+    assert [d.stderr for d in downs if d.rc != 0] == []
+    assert cell.snapshot() == before
+
+    # Then interleaved pairs: each up followed by its down, eight at a time.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(pair, range(50)))
+    assert [r for r in results if r[1] != 0] == []
+    assert cell.snapshot() == before
