@@ -13,18 +13,19 @@ import typer
 
 from cfnet.cli.exit_codes import ExitCode
 
-HELP = """Run the network policy server: the external API (policies, tags, cleanup; UAA or static
-tokens), the internal API for cell agents (mutual TLS), health and debug listeners, the
-stale-policy cleaner and, optionally, the ASG syncer.
-
-Quick start (SQLite, static tokens, no UAA or Cloud Controller):
-
-  cfnet certs ... (or any CA, server and client certificate)\n
-  cfnet policy-server serve --config-file examples/policy-server.json
-
-`serve` runs every role whose config it gets; `serve-external`, `serve-internal` and
-`asg-syncer` run one role each, as the upstream jobs do; `migrate` only updates the schema.
-The store is migrated on every start. Stop with SIGTERM (in-flight requests finish)."""
+HELP = "\n\n".join([
+    "Run the network policy server: the external API (policies, tags, cleanup; UAA or static "
+    "tokens), the internal API for cell agents (mutual TLS), health and debug listeners, the "
+    "stale-policy cleaner and, optionally, the ASG syncer.",
+    "Quick start (SQLite, static tokens, no UAA or Cloud Controller): write certificates with "
+    "`cfnet certs generate DIR`, point the `internal` *_file keys of examples/policy-server.json "
+    "at them and `static_tokens_file` at a copy of examples/policy-server-tokens.json, then run "
+    "`cfnet policy-server serve --config-file policy-server.json`.",
+    "`serve` runs every role it has a config for; `serve-external`, `serve-internal` and "
+    "`asg-syncer` run one role each, as the upstream jobs do; `migrate` only updates the schema. "
+    "The store is migrated on every start. SIGTERM stops it gracefully. "
+    "Details: docs/policy-server.md.",
+])
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 
@@ -59,7 +60,9 @@ def _run(config_file: Optional[str], internal_file: Optional[str], syncer_file: 
     raise typer.Exit(server.run(config, present))
 
 
-@app.command()
+@app.command(help="Run every configured role in one process: the external API (with its debug "
+             "listener and the stale-policy cleaner), the internal mTLS API (with health and "
+             "debug listeners and the watch), and the ASG syncer.")
 def serve(
     config_file: Optional[str] = typer.Option(None, "--config-file", "--config", "-c",
                                               metavar="PATH", help=CONFIG_HELP),
@@ -68,8 +71,6 @@ def serve(
     asg_syncer_config_file: Optional[str] = typer.Option(None, "--asg-syncer-config-file",
                                                          metavar="PATH", help=SYNCER_HELP),
 ) -> None:
-    """Run every configured role in one process: external API (+ debug listener and stale-policy
-    cleaner), internal mTLS API (+ health and debug listeners, watch), ASG syncer."""
     if not (config_file or internal_config_file or asg_syncer_config_file):
         _fail("policy-server", ValueError("give --config-file (and optionally "
                                           "--internal-config-file, --asg-syncer-config-file)"))
@@ -77,33 +78,30 @@ def serve(
          ("external", "internal", "asg-syncer"), "policy-server")
 
 
-@app.command("serve-external")
+@app.command("serve-external", help="Run only the external API, its debug listener and the "
+             "stale-policy cleaner (upstream job policy-server).")
 def serve_external(
     config_file: str = typer.Option(..., "--config-file", "--config", "-c", metavar="PATH",
                                     help="policy-server config (upstream JSON keys, or TOML)."),
 ) -> None:
-    """Run only the external API, its debug listener and the stale-policy cleaner (upstream
-    `policy-server` job)."""
     _run(config_file, None, None, ("external",), "policy-server")
 
 
-@app.command("serve-internal")
+@app.command("serve-internal", help="Run only the internal mutual-TLS API with its health and "
+             "debug listeners (upstream job policy-server-internal).")
 def serve_internal(
     config_file: str = typer.Option(..., "--config-file", "--config", "-c", metavar="PATH",
                                     help="policy-server-internal config (JSON or TOML)."),
 ) -> None:
-    """Run only the internal mutual-TLS API with its health and debug listeners (upstream
-    `policy-server-internal` job)."""
     _run(None, config_file, None, ("internal",), "policy-server-internal")
 
 
-@app.command("asg-syncer")
+@app.command("asg-syncer", help="Mirror Cloud Controller's security groups into the store "
+             "(upstream job policy-server-asg-syncer); keeps running through errors, with back-off.")
 def asg_syncer(
     config_file: str = typer.Option(..., "--config-file", "--config", "-c", metavar="PATH",
                                     help="policy-server-asg-syncer config (JSON or TOML)."),
 ) -> None:
-    """Mirror Cloud Controller's security groups into the store (upstream
-    `policy-server-asg-syncer` job). Keeps running through errors, with back-off."""
     _run(None, None, config_file, ("asg-syncer",), "policy-server-asg-syncer")
 
 

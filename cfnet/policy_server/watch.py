@@ -31,6 +31,7 @@ class LastUpdatedWatch:
         self.poll_interval = pg_safety_interval if postgres_dsn else poll_interval
         self.latest = 0
         self.waiting = 0
+        self.closing = False  # shutting down: waiters answer now instead of holding up exit
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -66,7 +67,7 @@ class LastUpdatedWatch:
             return current
         self.waiting += 1
         try:
-            while self.latest <= threshold:
+            while self.latest <= threshold and not self.closing:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -90,6 +91,13 @@ class LastUpdatedWatch:
         finally:
             for t in tasks:
                 t.cancel()
+            self.close()
+
+    def close(self) -> None:
+        """Answer every waiting request now (at shutdown), with the stamp as it is."""
+        self.closing = True
+        if self._event is not None:
+            self._event.set()
 
     async def _poll(self) -> None:
         while True:

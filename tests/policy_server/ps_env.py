@@ -88,8 +88,11 @@ class Env:
         return self.ps.internal_url + "/networking/v1/internal"
 
     def get_internal(self, path: str, **kw: Any) -> requests.Response:
+        # Connection: close, as an idle TLS connection kept by a client that never reads it
+        # holds up the server's shutdown for the grace period (see docs/policy-server.md).
         return requests.get(self.ps.internal_url + path, cert=self.ps.client_cert,
-                            verify=self.ps.ca_file, timeout=kw.pop("timeout", 30), **kw)
+                            verify=self.ps.ca_file, timeout=kw.pop("timeout", 30),
+                            headers={"Connection": "close"}, **kw)
 
     def stamp(self) -> int:
         r = self.get_internal("/networking/v1/internal/policies_last_updated")

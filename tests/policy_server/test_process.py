@@ -151,7 +151,7 @@ def _try_get(url: str, headers: dict[str, str]) -> requests.Response | None:
 # -- SIGTERM -----------------------------------------------------------------------------------------
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_zero(sqlite_config: DatabaseConfig,
+def test_sigterm_answers_waiting_long_polls_and_exits_zero(sqlite_config: DatabaseConfig,
                                                             tmp_path: Path) -> None:
     ps = start_policy_server(tmp_path, sqlite_config)
     from concurrent.futures import ThreadPoolExecutor
@@ -160,7 +160,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(sqlite_config: Datab
         stamp = requests.get(ps.internal_url + "/networking/v1/internal/policies_last_updated",
                              cert=ps.client_cert, verify=ps.ca_file, timeout=10).text
         future = pool.submit(requests.get, ps.internal_url
-                             + f"/networking/v1/internal/policies_last_updated?wait=2&since={stamp}",
+                             + f"/networking/v1/internal/policies_last_updated?wait=100&since={stamp}",
                              cert=ps.client_cert, verify=ps.ca_file, timeout=60,
                              headers={"Connection": "close"})
         eventually(lambda: re.search(r"^cfnet_policy_server_watch_waiting_requests 1",
@@ -320,3 +320,41 @@ def test_asg_syncer_mirrors_cloud_controller_and_survives_errors(backend: str,
                 assert ps.process.poll() is None
                 call = cloud.seen("/internal/v4/asg_latest_update")[-1]
                 assert call.headers["Authorization"] == "bearer server-client-token"
+
+
+# -- database failures: the documented 500s ----------------------------------------------------------
+
+
+def test_a_lost_database_gives_the_documented_500s(tmp_path: Path) -> None:
+    import psycopg
+    from ps_env import PG_URL
+
+    for db in make_database("postgres", tmp_path):
+        with policy_server(tmp_path / "ps", db) as ps:
+            env = Env(ps, Cloud(), "", "postgres")
+            admin = {"Authorization": f"Bearer {ps.admin_token}"}
+            assert requests.post(env.ext + "/policies", headers=admin, timeout=10,
+                                 json={"policies": [v1("a", "b")]}).status_code == 200
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{db.database_name}" WITH (FORCE)')
+            checks = [
+                (requests.get(ps.external_url + "/health", timeout=30), "check database failed"),
+                (requests.get(ps.health_url, timeout=30), "check database failed"),
+                (requests.get(env.ext + "/policies", headers=admin, timeout=30),
+                 "database read failed"),
+                (requests.get(env.ext + "/tags", headers=admin, timeout=30),
+                 "database read failed"),
+                (requests.post(env.ext + "/policies", headers=admin, timeout=30,
+                               json={"policies": [v1("a", "c")]}), "database create failed"),
+                (requests.post(env.ext + "/policies/delete", headers=admin, timeout=30,
+                               json={"policies": [v1("a", "b")]}), "database delete failed"),
+                (env.get_internal("/networking/v1/internal/policies"), "database read failed"),
+                (env.get_internal("/networking/v1/internal/policies_last_updated"),
+                 "database read failed"),
+                (env.get_internal("/networking/v1/internal/security_groups"),
+                 "database read failed"),
+            ]
+            for r, text in checks:
+                assert (r.status_code, r.json()) == (500, {"error": text}), r.url
+            # uptime never touches the database
+            assert requests.get(ps.external_url + "/", timeout=10).status_code == 200
