@@ -192,7 +192,12 @@ class Runtime:
             except CNIFailure as e:
                 self._rollback(conflist, att, i, prev)
                 raise CNIFailure(f'plugin type="{plugin["type"]}" failed (add): {e}') from None
-        self._cache_write(conflist, att, prev)
+        try:
+            self._cache_write(conflist, att, prev)
+        except OSError as e:
+            self._rollback(conflist, att, len(conflist.plugins) - 1, prev)
+            raise CNIFailure(f'failed to set network "{conflist.name}" cached result: '
+                             f"{_strerror(e)}") from None
         return prev
 
     def del_list(self, conflist: ConfList, att: Attachment) -> None:
@@ -323,14 +328,11 @@ class Runtime:
         }
         if att.extra.get("runtimeConfig"):
             entry["cfnetRuntimeConfig"] = att.extra["runtimeConfig"]
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(entry, f)
-            os.rename(tmp, path)
-        except OSError as e:
-            raise CNIFailure(f"failed to write cached result {path}: {_strerror(e)}") from None
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(entry, f)
+        os.rename(tmp, path)
 
     def _cache_read(self, conflist: ConfList, att: Attachment) -> dict[str, Any] | None:
         try:
