@@ -7,12 +7,17 @@ inside one through `ip netns exec`, which also gives them the namespace's own /s
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
 
 NETNS_DIR = Path("/run/netns")
 
@@ -98,3 +103,45 @@ def pids_in(name: str) -> list[int]:
         if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
             found.append(int(entry))
     return found
+
+
+def setns(target: str) -> None:
+    """Move the calling thread into a namespace, by name or by path (e.g. /proc/PID/ns/net).
+
+    Network namespaces are per thread: only this thread moves, and sockets it opens afterwards
+    live in the target. Use it on a thread of its own (see `call_in`), never on the main thread.
+    """
+    ns_path = target if "/" in target else path(target)
+    fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {target}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def call_in(target: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
+    """Run `fn` on a fresh thread inside namespace `target` (name or path) and return its result.
+
+    The caller's threads stay where they are; the helper thread ends with `fn`.
+    """
+    box: dict[str, Any] = {}
+
+    def run_inside() -> None:
+        try:
+            setns(target)
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=run_inside, name=f"netns-{os.path.basename(target)}",
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"call in netns {target} did not finish within {timeout} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
