@@ -14,9 +14,12 @@ import os
 import sys
 from typing import Any
 
-# plugin name -> (module, class). `wrapper` is added by the wrapper plugin's module.
+# plugin name -> (module, class implementing cfnet.cni.plugin.Plugin). The wrapper plugin is
+# registered here as `"wrapper": (<its module>, <its class>)` when it lands.
 PLUGINS: dict[str, tuple[str, str]] = {
     "silk": ("cfnet.silk.cni", "SilkPlugin"),
+    "wrapper": ("cfnet.cni.wrapper", "WrapperPlugin"),
+    "bandwidth": ("cfnet.cni.bandwidth", "BandwidthPlugin"),
 }
 
 USAGE = ("usage: cfnet cni PLUGIN  (plugins: {names})\n"

@@ -187,6 +187,11 @@ def test_add_builds_the_data_path_and_del_twice_removes_it(e: Env) -> None:
         "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.0.1"}],
     }
     assert run.stdout == json.dumps(run.out, indent=4)
+    # Logs go to stderr as lager JSON lines, never to stdout.
+    log = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert [(l["source"], l["message"]) for l in log] == \
+        [("cfnetworking.silk-cni", "cfnetworking.silk-cni.add")]
+    assert log[0]["data"]["ip"] == ip and len(log[0]["data"]["cni-request-id"]) == 36
 
     # Host side: NOARP veth with the VTEP's MTU, /32 peer address, permanent neighbour, route.
     host = links(cell.ns)[hname]

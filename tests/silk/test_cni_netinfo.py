@@ -84,6 +84,24 @@ def test_a_hung_daemon_fails_at_the_timeout() -> None:
                                "awaiting headers)")
 
 
+def test_a_reply_that_is_not_http_is_an_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"SSH-2.0-OpenSSH\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        with pytest.raises(NetInfoError) as info:
+            fetch(port)
+        thread.join(5)
+    assert str(info.value).endswith(f"dial tcp 127.0.0.1:{port}: malformed http response")
+
+
 def test_subnet_file(tmp_path: Path) -> None:
     env = tmp_path / "subnet.env"
     env.write_text("FLANNEL_NETWORK=10.255.0.0/16\nFLANNEL_SUBNET=10.255.19.1/24\n"
