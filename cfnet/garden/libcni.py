@@ -361,10 +361,12 @@ def _plugin_error(proc: subprocess.CompletedProcess[bytes]) -> str:
         if not err.strip():
             return f"netplugin failed with no error message: exit status {proc.returncode}"
         return f"netplugin failed: {json.dumps(err.decode(errors='replace'))}"
+    from cfnet.garden import gojson
+
     try:
-        data = json.loads(out)
+        data = gojson.unmarshal(out)
         msg, details = str(data.get("msg", "")), str(data.get("details", "") or "")
-    except (ValueError, AttributeError):
+    except (gojson.GoJSONError, AttributeError) as e:
         return (f"netplugin failed but error parsing its diagnostic message "
-                f"{json.dumps(out.decode(errors='replace'))}")
+                f"{json.dumps(out.decode(errors='replace'))}: {e}")
     return f"{msg}; {details}" if details else msg
