@@ -183,6 +183,9 @@ def start_agent(cell: Cell, workdir: str | Path, ps: Any, start: bool = True,
     """Write an agent config for `cell` and (by default) start the agent and wait until ready."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
+    # Tests count rejections: the kernel's per-destination ICMP rate limit (about 6 errors, then
+    # one a second) would turn a rejection into a silent drop.
+    netns.sysctl(cell.ns, "net.ipv4.icmp_ratelimit", 0)
     cfg = agent_config(cell, work, ps, **overrides)
     Path(cfg["cni_datastore_path"]).parent.mkdir(parents=True, exist_ok=True)
     config_path = work / "vxlan-agent.json"
@@ -304,7 +307,8 @@ class Containers:
         from cfnet.net.nft import Nft
 
         Datastore(self.agent.datastore_path).delete(handle)
-        netns.remove(ns)  # the veth pair goes with the container's namespace
+        unplug(self.cell.ns, host_veth(ip))  # now: a namespace's links go away asynchronously
+        netns.remove(ns)
         with cell_lock(self.agent.lock_path), Nft(self.cell.ns) as nft:
             ct.remove_container(nft, handle)
         self._release(ip)
@@ -332,6 +336,16 @@ def plug(cell_ns: str, ct_ns: str, host_if: str, ip: str, mtu: int) -> None:
         ipr.link("set", index=idx, state="up")
         ipr.route("add", dst="169.254.0.1/32", oif=idx, scope=253, proto=3)
         ipr.route("add", dst="0.0.0.0/0", gateway="169.254.0.1", oif=idx, prefsrc=ip, proto=3)
+
+
+def unplug(cell_ns: str, host_if: str) -> None:
+    """Delete the container's veth pair (both ends) if it exists."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=cell_ns) as ipr:
+        found = ipr.link_lookup(ifname=host_if)
+        if found:
+            ipr.link("del", index=found[0])
 
 
 # -- traffic ----------------------------------------------------------------------------------------
@@ -386,7 +400,8 @@ for spec in sys.argv[2:]:
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[1].split("/")[1]))
         try:
-            s.sendto(b"x", (sys.argv[1].split("/")[0], int(port))); s.recv(1)
+            # connected, so that an ICMP port-unreachable is reported (ECONNREFUSED)
+            s.connect((sys.argv[1].split("/")[0], int(port))); s.send(b"x"); s.recv(1)
             out[spec] = "ok"
         except ConnectionRefusedError:
             out[spec] = "refused"
