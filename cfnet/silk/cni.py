@@ -577,6 +577,8 @@ class SilkPlugin:
     def delete(self, conf: dict[str, Any], args: CmdArgs) -> None:
         self._begin()
         cfg = SilkConfig.from_conf(conf)
+        if args.netns:
+            _refuse_own_netns(args.netns)  # else "eth0" below would be the cell's own uplink
         ips: list[str] = []
         try:
             ips = HostLocal(cfg.data_dir, cfg.name).release_attachment(args.container_id, args.ifname)
@@ -738,9 +740,20 @@ def _ensure_mac(rtnl: Rtnl, index: int, current: str | None, wanted: str) -> Non
 
 def _check_not_own_netns(ns_fd: int) -> None:
     st = os.fstat(ns_fd)
-    own = os.stat("/proc/self/ns/net")
+    own = os.stat("/proc/thread-self/ns/net")  # per thread: in-process callers may setns
     if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
         raise CNIError(Code.INVALID_NETNS, "netns must not be the plugin's own network namespace")
+
+
+def _refuse_own_netns(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # a namespace that is gone is fine for DEL
+    try:
+        _check_not_own_netns(fd)
+    finally:
+        os.close(fd)
 
 
 def _our_ip(prev: Result, ifname: str) -> str | None:

@@ -403,6 +403,11 @@ def test_del_succeeds_without_netns_prevresult_or_container(e: Env) -> None:
     e.delete(cell, "d1", "")  # empty CNI_NETNS
     e.delete(cell, "never-added", ns)  # unknown container
     e.delete(cell, "d1", "/run/netns/cfnet-gone")  # a namespace that is gone
+    # The cell's own namespace is refused (code 8): its eth0 is the cell's uplink.
+    for command in ("ADD", "DEL"):
+        own = e.cni(cell, command, "d1", cell.ns)
+        assert own.code == 1 and own.out is not None and own.out["code"] == 8
+    assert "eth0" in links(cell.ns)
     # With the daemon's port closed DEL still works (it never asks the daemon).
     e.delete(cell, "d1", ns, conf=e.conf(cell, daemonPort=1))
 
