@@ -11,7 +11,8 @@ while building a new 60k-element set and repointing the rule takes 0.55 s. So a 
 diff when it deletes few elements and a swap between the two allow sets otherwise; the interval
 set is never flushed and refilled. And one `add element` command carrying more than ~1,260
 concatenated elements gets the mark of every 1,260th element byte-swapped, so element lists are
-always split into commands of at most `CHUNK` elements.
+always split into commands of at most `CHUNK` elements. Single-port allows live in a hash set
+(`c2c_allow_exact`), cheaper to fill than the interval set that holds the real port ranges.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ INGRESS_MARK = 0xFFFF0000
 CHUNK = 500  # elements per `add/delete element` command (see the module docstring)
 DIFF_MAX_DELETES = 64  # above this many deletions a c2c update swaps the allow set instead
 
-ALLOW_SETS = ("c2c_allow", "c2c_allow_b")  # the live one is referenced by chain c2c
+ALLOW_SETS = ("c2c_allow", "c2c_allow_b")  # port ranges; the live one is referenced by chain c2c
 ALLOW_TYPE = "type ipv4_addr . mark . inet_proto . inet_service; flags interval;"
+EXACT_SET = "c2c_allow_exact"  # single ports: a hash set (a third cheaper to fill than pipapo)
+EXACT_TYPE = "type ipv4_addr . mark . inet_proto . inet_service;"
 
 SETS = {  # shared sets and maps (base ruleset)
     "underlay_ifs": "type ifname;",
@@ -383,8 +386,33 @@ def _c2c_chain(allow_set: str, logging: bool, bypass_cidr: str | None) -> list[s
     rules.append("meta mark set ip saddr map @c2c_src_tag")
     if logging:
         rules.append("jump c2c-log")
+    rules.append(f"ip daddr . meta mark . meta l4proto . th dport @{EXACT_SET} accept")
     rules.append(f"ip daddr . meta mark . meta l4proto . th dport @{nx.name(allow_set)} accept")
     return _chain_contents("c2c", rules)
+
+
+def split_allow(elements: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Canonical allow elements -> (single-port elements in hash-set form `... . 80`, sorted;
+    real ranges `... . 80-90`, sorted)."""
+    exact, ranges = [], []
+    for e in elements:
+        head, _, r = e.rpartition(" . ")
+        lo, _, hi = r.partition("-")
+        if lo == hi:
+            exact.append(f"{head} . {lo}")
+        else:
+            ranges.append(e)
+    exact.sort()
+    ranges.sort()
+    return exact, ranges
+
+
+def _join_allow(exact: Iterable[str], ranges: Iterable[str]) -> frozenset[str]:
+    out = set(ranges)
+    for e in exact:
+        port = e.rpartition(" . ")[2]
+        out.add(f"{e}-{port}")
+    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -437,11 +465,15 @@ def list_c2c(nft: Nft, elements: bool = True) -> C2CListing:
         return C2CListing(live, None, len(chain))
     src = TableState.from_json(nft.list_json(f"map {T} c2c_src_tag")).sets["c2c_src_tag"]
     tags = {k: int(v, 16) for k, v in src.keys.items() if v is not None}
-    allow: frozenset[str] = frozenset()
+    ranges: Iterable[str] = ()
+    exact: Iterable[str] = ()
     if live is not None:
         s: SetState = TableState.from_json(nft.list_json(f"set {T} {live}")).sets[live]
-        allow = frozenset(s.keys)
-    return C2CListing(live, C2CState(tags, allow), len(chain))
+        ranges = s.keys
+    if any(o.get("set", {}).get("name") == EXACT_SET for o in nft.list_json(f"sets {FAMILY}")
+           if o.get("set", {}).get("table") == TABLE):
+        exact = TableState.from_json(nft.list_json(f"set {T} {EXACT_SET}")).sets[EXACT_SET].keys
+    return C2CListing(live, C2CState(tags, _join_allow(exact, ranges)), len(chain))
 
 
 def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence[str],
@@ -452,19 +484,31 @@ def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence
     lines += _chain_contents("c2c-log", logging_rules)
     live = current.allow_set
     known = current.state
-    deletes = sorted(known.allow - desired.allow) if live and known is not None else []
+    want_exact, want_ranges = split_allow(desired.allow)
+    lines.append(f"add set {T} {EXACT_SET} {{ {EXACT_TYPE} }}")
+    if known is not None and live is not None:  # hash set: a diff is always cheap
+        had_exact, had_ranges = split_allow(known.allow)
+        gone = sorted(set(had_exact) - set(want_exact))
+        lines += element_commands("add", EXACT_SET, gone)  # add-then-delete: fine if gone
+        lines += element_commands("delete", EXACT_SET, gone)
+        lines += element_commands("add", EXACT_SET, sorted(set(want_exact) - set(had_exact)))
+    else:
+        lines.append(f"flush set {T} {EXACT_SET}")
+        lines += element_commands("add", EXACT_SET, want_exact)
+        had_ranges = []
+    deletes = sorted(set(had_ranges) - set(want_ranges)) if known is not None else []
     if live is not None and known is not None and len(deletes) <= DIFF_MAX_DELETES:
         target = live
         # add-then-delete: also right when an element is already gone
         lines += element_commands("add", live, deletes)
         lines += element_commands("delete", live, deletes)
-        lines += element_commands("add", live, sorted(desired.allow - known.allow))
+        lines += element_commands("add", live, sorted(set(want_ranges) - set(had_ranges)))
     else:
         target = ALLOW_SETS[1] if live == ALLOW_SETS[0] else ALLOW_SETS[0]
         # A leftover set of that name (an interrupted older layout) is dropped first.
         lines += [f"add set {T} {target} {{ {ALLOW_TYPE} }}", f"delete set {T} {target}",
                   f"add set {T} {target} {{ {ALLOW_TYPE} }}"]
-        lines += element_commands("add", target, sorted(desired.allow))
+        lines += element_commands("add", target, want_ranges)
     lines += _c2c_chain(target, bool(logging_rules), bypass_cidr)
     if live is not None and target != live:
         lines.append(f"delete set {T} {live}")
@@ -488,11 +532,13 @@ def render_c2c_diff(old: C2CState, new: C2CState, allow_set: str) -> str:
     add-then-delete, so an element somebody already removed (a container's DEL) does not fail the
     transaction. Empty string when nothing changed."""
     lines: list[str] = []
-    gone = sorted(old.allow - new.allow)
-    if gone:
-        lines += element_commands("add", allow_set, gone)
-        lines += element_commands("delete", allow_set, gone)
-    lines += element_commands("add", allow_set, sorted(new.allow - old.allow))
+    gone_exact, gone_ranges = split_allow(old.allow - new.allow)
+    new_exact, new_ranges = split_allow(new.allow - old.allow)
+    for name, gone, added in ((EXACT_SET, gone_exact, new_exact),
+                              (allow_set, gone_ranges, new_ranges)):
+        lines += element_commands("add", name, gone)
+        lines += element_commands("delete", name, gone)
+        lines += element_commands("add", name, added)
     changed = [ip for ip in old.src_tags.keys() | new.src_tags.keys()
                if old.src_tags.get(ip) != new.src_tags.get(ip)]
     for ip in sorted(changed, key=nx.ipv4_key):

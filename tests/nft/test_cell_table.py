@@ -123,25 +123,29 @@ def test_orphans_are_found_and_removed(cell: Nft) -> None:
     assert ct.render_orphans_remove(after, live=["live"]) == ""
 
 
-def allow(n: int, tag_base: int = 1, port: int = 8080) -> list[nx.C2CAllow]:
-    return [nx.C2CAllow(f"10.255.{i // 200}.{i % 200 + 2}", tag_base + i % 50, "tcp", port, port)
-            for i in range(n)]
+def allow(n: int, tag_base: int = 1, port: int = 8080, width: int = 0) -> list[nx.C2CAllow]:
+    return [nx.C2CAllow(f"10.255.{i // 200}.{i % 200 + 2}", tag_base + i % 50, "tcp", port,
+                        port + width) for i in range(n)]
 
 
 def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None:
-    first = ct.C2CState.build({"10.255.0.2": 0x1, "10.255.0.3": 0xFFFF}, allow(300))
+    first = ct.C2CState.build({"10.255.0.2": 0x1, "10.255.0.3": 0xFFFF},
+                              allow(300) + allow(300, port=100, width=5))
     assert ct.replace_c2c(cell, first) == "c2c_allow"
     assert ct.list_c2c(cell).state == first
+    state = listed(cell)
+    assert len(state.sets[ct.EXACT_SET].elements) == 300  # single ports: the hash set
+    assert len(state.sets["c2c_allow"].elements) == 300  # ranges: the interval set
 
-    small = ct.C2CState.build({"10.255.0.2": 0x2}, allow(290) + allow(5, port=9090))
-    assert ct.replace_c2c(cell, small, list_elements=True) == "c2c_allow"  # 10 deletions: diff
+    small = ct.C2CState.build({"10.255.0.2": 0x2}, allow(250) + allow(290, port=100, width=5))
+    assert ct.replace_c2c(cell, small, list_elements=True) == "c2c_allow"  # 10 range deletions
     assert ct.list_c2c(cell).state == small
-    smaller = ct.C2CState.build({"10.255.0.2": 0x2}, allow(280) + allow(5, port=9090))
+    smaller = ct.C2CState.build({"10.255.0.2": 0x2}, allow(250) + allow(280, port=100, width=5))
     assert ct.replace_c2c(cell, smaller, last=small) == "c2c_allow"  # diff from the agent's record
     assert ct.list_c2c(cell).state == smaller
 
-    large = ct.C2CState.build({"10.255.0.2": 0x2}, allow(200, tag_base=100))
-    assert ct.replace_c2c(cell, large, last=smaller) == "c2c_allow_b"  # 80 deletions: swapped
+    large = ct.C2CState.build({"10.255.0.2": 0x2}, allow(200, tag_base=100, port=7, width=1))
+    assert ct.replace_c2c(cell, large, last=smaller) == "c2c_allow_b"  # 280 deletions: swapped
     listing = ct.list_c2c(cell)
     assert listing.allow_set == "c2c_allow_b" and listing.state == large
     assert "c2c_allow" not in listed(cell).sets
@@ -156,7 +160,7 @@ def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None
     assert ct.replace_c2c(cell, ct.C2CState(), logging_rules=log,
                           bypass_cidr="10.255.0.0/16") == "c2c_allow"
     state = listed(cell)
-    assert len(state.chains["c2c"].rules) == 4 and len(state.chains["c2c-log"].rules) == 2
+    assert len(state.chains["c2c"].rules) == 5 and len(state.chains["c2c-log"].rules) == 2
     assert ct.list_c2c(cell).state == ct.C2CState()
     assert ct.replace_c2c(cell, first) == "c2c_allow_b"  # no record, no listing: swap
     assert ct.list_c2c(cell).state == first
@@ -164,11 +168,12 @@ def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None
 
 def test_c2c_diff_survives_elements_removed_behind_its_back(cell: Nft) -> None:
     cell.run(ct.render_container_add(container("h1", "10.255.0.2")))
-    old = ct.C2CState.build({"10.255.0.2": 5, "10.255.0.9": 6}, allow(20))
+    old = ct.C2CState.build({"10.255.0.2": 5, "10.255.0.9": 6}, allow(20) + allow(5, port=9, width=9))
     live = ct.replace_c2c(cell, old)
     ct.remove_container(cell, "h1")  # the CNI drops 10.255.0.2's source tag
     assert "10.255.0.2" not in ct.list_c2c(cell).state.src_tags
-    new = ct.C2CState.build({"10.255.0.9": 7, "10.255.0.4": 8}, allow(10) + allow(3, port=1))
+    new = ct.C2CState.build({"10.255.0.9": 7, "10.255.0.4": 8},
+                            allow(10) + allow(3, port=1) + allow(4, port=2, width=3))
     cell.run(ct.render_c2c_diff(old, new, live))
     assert ct.list_c2c(cell).state == new
     assert ct.render_c2c_diff(new, new, live) == ""

@@ -20,7 +20,7 @@ from cfnet.testing.netns import Sandbox
 pytestmark = pytest.mark.privileged
 
 SRC_IP, DST_IP = "10.255.1.2", "10.255.1.3"
-ALLOWED, DENIED = 8080, 9000
+ALLOWED, RANGED, DENIED = 8080, 8555, 9000
 SERVER = """
 import socket, sys, threading
 def serve(port):
@@ -81,28 +81,31 @@ def test_c2c_element_allows_one_port_and_the_overlay_chain_rejects_the_rest(sand
     netns.sysctl(cell, "net.ipv4.ip_forward", 1)
     plug(cell, src, "s-src", SRC_IP)
     plug(cell, dst, "s-dst", DST_IP)
-    server = netns.spawn(dst, [sys.executable, "-c", SERVER, DST_IP, str(ALLOWED), str(DENIED)])
+    ports = [ALLOWED, RANGED, DENIED]
+    server = netns.spawn(dst, [sys.executable, "-c", SERVER, DST_IP, *map(str, ports)])
     nft = Nft(cell)
     try:
-        wait_listening(dst, [ALLOWED, DENIED])
-        assert connect(src, [ALLOWED, DENIED]) == {ALLOWED: "ok", DENIED: "ok"}  # no table yet
+        wait_listening(dst, ports)
+        assert connect(src, ports) == {ALLOWED: "ok", RANGED: "ok", DENIED: "ok"}  # no table yet
 
         nft.run(ct.render_base())
         for handle, addr in (("src", SRC_IP), ("dst", DST_IP)):
             nft.run(ct.render_container_add(ct.ContainerNet(
                 handle, addr, ar.netout_chains(handle, "app", []))))
-        assert connect(src, [ALLOWED, DENIED]) == {ALLOWED: "refused", DENIED: "refused"}
+        assert connect(src, ports) == {ALLOWED: "refused", RANGED: "refused", DENIED: "refused"}
 
         tag = 0xFFFF
         live = ct.replace_c2c(nft, ct.C2CState.build(
-            {SRC_IP: tag}, [nx.C2CAllow(DST_IP, tag, "tcp", ALLOWED, ALLOWED)]))
-        assert connect(src, [ALLOWED, DENIED]) == {ALLOWED: "ok", DENIED: "refused"}
+            {SRC_IP: tag}, [nx.C2CAllow(DST_IP, tag, "tcp", ALLOWED, ALLOWED),  # exact set
+                            nx.C2CAllow(DST_IP, tag, "tcp", 8500, 8600),  # interval set
+                            nx.C2CAllow(DST_IP, tag, "udp", DENIED, DENIED)]))  # other proto
+        assert connect(src, ports) == {ALLOWED: "ok", RANGED: "ok", DENIED: "refused"}
 
         # the element is what allows: a different tag on the source closes the port again
         before = ct.list_c2c(nft).state
         after = ct.C2CState(src_tags={SRC_IP: 0x1}, allow=before.allow)
         nft.run(ct.render_c2c_diff(before, after, live))
-        assert connect(src, [ALLOWED]) == {ALLOWED: "refused"}
+        assert connect(src, [ALLOWED, RANGED]) == {ALLOWED: "refused", RANGED: "refused"}
     finally:
         nft.close()
         server.kill()
