@@ -97,7 +97,8 @@ def serve_internal(
 
 
 @app.command("asg-syncer", help="Mirror Cloud Controller's security groups into the store "
-             "(upstream job policy-server-asg-syncer); keeps running through errors, with back-off.")
+             "(upstream job policy-server-asg-syncer); keeps running through errors, "
+             "with back-off.")
 def asg_syncer(
     config_file: str = typer.Option(..., "--config-file", "--config", "-c", metavar="PATH",
                                     help="policy-server-asg-syncer config (JSON or TOML)."),
@@ -108,7 +109,7 @@ def asg_syncer(
 @app.command()
 def migrate(
     config_file: str = typer.Option(..., "--config-file", "--config", "-c", metavar="PATH",
-                                    help="Any policy-server role's config: its `database` is used."),
+                                    help="Any policy-server role's config (its `database`)."),
 ) -> None:
     """Create or update the database schema, then exit (upstream `migrate-db`). Safe to re-run."""
     from cfnet.core.config import read_config_file

@@ -21,12 +21,10 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from cfnet.core.errors import StoreError
 from cfnet.core.logs import Logger
 from cfnet.core.security_groups import SecurityGroup, rules_json
 from cfnet.policy_server.cc import CloudController
 from cfnet.policy_server.metrics import Metrics
-from cfnet.policy_server.uaa import UpstreamError
 
 ATTEMPTS = 3
 

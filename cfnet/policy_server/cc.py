@@ -1,4 +1,4 @@
-"""Cloud Controller reads the policy server needs: app spaces, space membership, ASGs (spec 3.3, 3.4, 6, 7).
+"""Cloud Controller reads for the policy server: app spaces, membership, ASGs (spec 3.3-3.4, 6, 7).
 
 Blocking (requests) with a timeout on every call. Every method takes the server's own bearer
 token (a UAA client-credentials token, sent as `bearer <token>` as upstream does) so the caller
@@ -103,25 +103,26 @@ class CloudController:
                     spaces.add(str(res["metadata"]["guid"]))
                 path = body.get("next_url")
             except (AttributeError, KeyError, TypeError) as e:
-                raise UpstreamError(f"cloud controller user spaces: unexpected reply: {e!r}") from None
+                raise UpstreamError(f"cloud controller user spaces: bad reply: {e!r}") from None
         return spaces
 
     # -- security groups (ASG syncer) ------------------------------------------------------------
 
     def asg_latest_update(self, token: str) -> str:
-        """`last_update` of `/internal/v4/asg_latest_update` (mTLS), or "" for CC's 404 (zero time)."""
+        """`last_update` of `/internal/v4/asg_latest_update` (mTLS); "" for a 404 (zero time)."""
         status, body = self.get("/internal/v4/asg_latest_update", token, ok=(200, 404))
         if status == 404:
             return ""
         try:
             value = body["last_update"]
         except (KeyError, TypeError) as e:
-            raise UpstreamError(f"cloud controller asg_latest_update: unexpected reply: {e!r}") from None
+            raise UpstreamError(f"cloud controller asg_latest_update: bad reply: {e!r}") from None
         if not isinstance(value, str):
             raise UpstreamError("cloud controller asg_latest_update: last_update is not a string")
         return value
 
-    def security_groups_page(self, page: int, token: str) -> tuple[list[dict[str, Any]] | None, bool]:
+    def security_groups_page(self, page: int,
+                             token: str) -> tuple[list[dict[str, Any]] | None, bool]:
         """One page of `/v3/security_groups` (5000 a page): (resources or None, has next page)."""
         _, body = self.get(f"/v3/security_groups?per_page=5000&page={page}", token)
         if not isinstance(body, dict):

@@ -57,7 +57,8 @@ class StaleCleaner:
             raise CleanupError(f"get app guids from Cloud-Controller failed: {e}") from None
         doomed = [p for p in policies if p.source in stale or p.destination in stale]
         if doomed:
-            self.log.info("deleting stale policies:", stale_policies=[policy_to_v1(p) for p in doomed])
+            self.log.info("deleting stale policies:",
+                          stale_policies=[policy_to_v1(p) for p in doomed])
             try:
                 with self.metrics.store_op("Delete"):
                     self.store.delete(doomed)

@@ -1,5 +1,5 @@
-"""Pieces shared by the external, internal and health apps: the store behind metrics, uptime, health,
-query lists, a capped body reader."""
+"""Pieces shared by the external, internal and health apps: the store behind metrics, uptime,
+health, query lists, a capped body reader."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def _frac(value: int, size: int) -> str:
 
 def uptime_handler(started: float) -> Callable[[Request], Any]:
     async def uptime(request: Request) -> Response:
-        return PlainTextResponse(f"Network policy server, up for {go_duration(time.time() - started)}\n")
+        up = go_duration(time.time() - started)
+        return PlainTextResponse(f"Network policy server, up for {up}\n")
 
     return uptime
 
@@ -90,7 +91,7 @@ def health_handler(calls: StoreCalls) -> Callable[[Request], Any]:
 
 
 def query_list(request: Request, name: str) -> list[str] | None:
-    """The first occurrence of a list parameter, split on `,` (`?id=` gives [""]); None if absent."""
+    """The first occurrence of a list parameter split on `,` (`?id=` gives [""]); None if absent."""
     values = request.query_params.getlist(name)
     if not values:
         return None
@@ -103,7 +104,7 @@ def query_value(request: Request, name: str) -> str | None:
 
 
 async def read_body(request: Request, limit: int | None = MAX_BODY) -> bytes:
-    """The request body; BodyTooLarge past `limit` bytes, ClientDisconnect if the client went away."""
+    """The body; BodyTooLarge past `limit` bytes, ClientDisconnect if the client went away."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

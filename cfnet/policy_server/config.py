@@ -1,4 +1,4 @@
-"""Config of the policy server roles: the upstream keys (spec 8), JSON or TOML, plus a few cfnet keys.
+"""Config of the policy server roles: upstream keys (spec 8), JSON or TOML, plus a few cfnet keys.
 
 Three upstream jobs, three dataclasses: `ExternalConfig` (policy-server), `InternalConfig`
 (policy-server-internal) and `SyncerConfig` (policy-server-asg-syncer). `cfnet policy-server serve`
@@ -163,7 +163,7 @@ class SyncerConfig:
 
 @dataclass
 class ServeConfig:
-    """What `serve` runs: the external server, and the internal server and syncer when configured."""
+    """What `serve` runs: the external server, the internal server and the syncer, if configured."""
 
     external: ExternalConfig | None
     internal: InternalConfig | None
@@ -230,7 +230,8 @@ def load_static_tokens(path: str | Path) -> dict[str, StaticToken]:
     try:
         text = p.read_text()
     except OSError as e:
-        raise ConfigError(f"invalid config: key 'static_tokens_file': {p}: {e.strerror or e}") from None
+        raise ConfigError(f"invalid config: key 'static_tokens_file': {p}: "
+                          f"{e.strerror or e}") from None
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:

@@ -199,7 +199,7 @@ class ExternalHandlers:
 
 
 def external_app(deps: ExternalDeps, ctx: WrapContext) -> Router:
-    """The external router: E1-E9 in upstream's table order, OPTIONS for each, and the OpenAPI doc."""
+    """The external router: E1-E9 in upstream's order, OPTIONS for each, and the OpenAPI doc."""
     h = ExternalHandlers(deps)
     ext = wrappers.external
     uptime = uptime_handler(deps.started)

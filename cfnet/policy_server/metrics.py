@@ -1,13 +1,14 @@
 """Prometheus metrics with the upstream names translated to Prometheus conventions (spec 9).
 
-| upstream (dropsonde)                         | here                                                        |
-|----------------------------------------------|-------------------------------------------------------------|
-| `<Name>RequestTime`, `<Name>RequestCount`    | `cfnet_policy_server_request_duration_seconds{route}` (histogram, its `_count` is the request count), `cfnet_policy_server_requests_total{route,code}` |
-| `http_error`                                 | `cfnet_policy_server_http_errors_total{route}`             |
-| `Store<Op>SuccessTime` / `ErrorTime`         | `cfnet_policy_server_store_operation_duration_seconds{op,outcome}` |
-| `Store<Op>Error`                             | `cfnet_policy_server_store_errors_total{op}`               |
-| `totalPolicies`, `uptime`                    | `cfnet_policy_server_policies`, `cfnet_policy_server_uptime_seconds` |
-| `SecurityGroupsRetrievalFromCCTime`, `SecurityGroupsTotalSyncTime` | `cfnet_policy_server_asg_cc_retrieval_seconds`, `cfnet_policy_server_asg_sync_seconds` |
+- `<Name>RequestTime` / `<Name>RequestCount`: `cfnet_policy_server_request_duration_seconds{route}`
+  (a histogram) and `cfnet_policy_server_requests_total{route,code}`;
+- `http_error`: `cfnet_policy_server_http_errors_total{route}`;
+- `Store<Op>SuccessTime` / `ErrorTime` / `Store<Op>Error`:
+  `cfnet_policy_server_store_operation_duration_seconds{op,outcome}` and
+  `cfnet_policy_server_store_errors_total{op}`;
+- `totalPolicies`, `uptime`: `cfnet_policy_server_policies`, `cfnet_policy_server_uptime_seconds`;
+- `SecurityGroupsRetrievalFromCCTime`, `SecurityGroupsTotalSyncTime`:
+  `cfnet_policy_server_asg_cc_retrieval_seconds`, `cfnet_policy_server_asg_sync_seconds`.
 
 One registry per process (not the global one), so `/metrics` shows exactly these.
 """
@@ -35,8 +36,8 @@ class Metrics:
                                           registry=r, buckets=_BUCKETS)
         self.requests = Counter(f"{PREFIX}_requests", "Requests served, by route name and status.",
                                 ["route", "code"], registry=r)
-        self.http_errors = Counter(f"{PREFIX}_http_errors", "Error responses (upstream http_error).",
-                                   ["route"], registry=r)
+        self.http_errors = Counter(f"{PREFIX}_http_errors",
+                                   "Error responses (upstream http_error).", ["route"], registry=r)
         self.store_duration = Histogram(f"{PREFIX}_store_operation_duration_seconds",
                                         "Store operation time, by operation and outcome.",
                                         ["op", "outcome"], registry=r, buckets=_BUCKETS)
@@ -57,7 +58,7 @@ class Metrics:
         self.cleaner_deleted = Counter(f"{PREFIX}_stale_policies_deleted",
                                        "Policies deleted by the stale-policy cleaner.", registry=r)
         self.watch_waiting = Gauge(f"{PREFIX}_watch_waiting_requests",
-                                   "Long-poll requests waiting on policies_last_updated.", registry=r)
+                                   "Long-polls waiting on policies_last_updated.", registry=r)
 
     @contextmanager
     def store_op(self, op: str) -> Iterator[None]:

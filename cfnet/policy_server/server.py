@@ -160,7 +160,8 @@ def build(proc: Process) -> tuple[list[Any], list[Callable[[], Awaitable[None]]]
         from cfnet.web.tls import TLSFiles, server_context
 
         log = proc.log(EXTERNAL)
-        if int_cfg is not None and INTERNAL in proc.roles and int_cfg.tag_length != ext_cfg.tag_length:
+        both = int_cfg is not None and INTERNAL in proc.roles
+        if both and int_cfg.tag_length != ext_cfg.tag_length:  # type: ignore[union-attr]
             raise ConfigError("invalid config: key 'tag_length' differs between the external and "
                               "internal configs")
         store = store_for(EXTERNAL, ext_cfg.database, ext_cfg.tag_length,

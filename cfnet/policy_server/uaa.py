@@ -1,4 +1,4 @@
-"""Who is calling: UAA `check_token` as upstream (spec 3.1), or static tokens for platforms without UAA.
+"""Who is calling: UAA `check_token` as upstream (spec 3.1), or static tokens where there is no UAA.
 
 Blocking (requests); the web layer calls these from a worker thread. Every outbound call has a
 timeout (`request_timeout`), a documented deviation: upstream waits forever.

@@ -1,4 +1,4 @@
-"""The watch on policies_last_updated: long-polls wake as soon as the stamp moves (a cfnet extension).
+"""The watch on policies_last_updated: long-polls wake as soon as the stamp moves (cfnet extension).
 
 One `LastUpdatedWatch` per process keeps the latest known stamp and wakes every waiting request
 when it grows. Sources of news:

@@ -61,7 +61,7 @@ def security_headers(response: Response, ctx: WrapContext, request: Request) -> 
 
 
 def measured(handler: Handler, name: str, ctx: WrapContext) -> Handler:
-    """Metrics timer and request log (with the request id), as upstream's metrics + logger wrappers."""
+    """Metrics timer and request log (with the request id): upstream's metrics + logger wrappers."""
 
     async def run(request: Request) -> Response:
         rid = request_id(request)

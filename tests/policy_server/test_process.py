@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from ps_env import ADMIN, INTERNAL_OVERRIDES, WRITER, Env, StartEnv, guid, make_database, \
-    uaa_overrides, uaa_tokens, v1
+from ps_env import INTERNAL_OVERRIDES, Env, StartEnv, make_database, uaa_overrides, uaa_tokens, v1
 from ps_stubs import Cloud, serve_stub
 
 from cfnet.store.db import DatabaseConfig
