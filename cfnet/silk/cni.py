@@ -6,11 +6,12 @@ a failure at any step rolls back every earlier step, so a failed ADD leaves no a
 file or route behind and the next ADD of the same container succeeds. DEL is idempotent and
 needs neither the daemon, nor the namespace, nor a prevResult. CHECK, GC and STATUS are real.
 
-Kernel work goes through one netlink socket per namespace, opened once per call: the host side
-in the namespace we run in (the cell's), the container side through a socket created inside
-CNI_NETNS with setns(2) on this thread (no helper process). The container's veth end is created
-directly inside its namespace under its final name, so a name clash fails the one message that
-would have made it, before anything exists.
+Kernel work goes through one netlink socket per namespace, opened once per call (`Rtnl`, a thin
+client over pyroute2's message classes): the host side in the namespace we run in (the cell's),
+the container side through a socket created inside CNI_NETNS with setns(2) on this thread (no
+helper process). The container's veth end is created directly inside its namespace under its
+final name, so a name clash fails the one message that would have made it, before anything
+exists.
 """
 
 from __future__ import annotations

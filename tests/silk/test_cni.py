@@ -355,7 +355,7 @@ def test_a_failed_add_leaves_nothing_and_the_next_add_succeeds(e: Env, tmp_path:
 
     # ...and then the same container is created normally.
     ip = e.add(cell, "f1", ns)
-    netns.run(ns, ["ping", "-c", "1", "-W", "5", ip])
+    netns.run(ns, ["ping", "-c", "1", "-W", "5", "169.254.0.1"])
     e.delete(cell, "f1", ns)
     nothing_left()
 
@@ -430,7 +430,7 @@ def test_gc_after_a_reboot_leaves_the_pool_whole(e: Env) -> None:
     assert set(e.reservations(cell)) == {ip_keep}
     assert [v["ip"] for v in json.loads(cell.datastore.read_text()).values()] == [ip_keep]
     assert silk_links(cell) == {host_veth(ip_keep)}
-    netns.run(keep, ["ping", "-c", "1", "-W", "5", ip_keep])  # the live container is untouched
+    netns.run(keep, ["ping", "-c", "1", "-W", "5", "169.254.0.1"])  # the live container is untouched
     e.delete(cell, "k1", keep)
     assert e.reservations(cell) == {}
 
@@ -472,3 +472,30 @@ def test_check_status_and_version(e: Env) -> None:
 
     version = e.cni(cell, "VERSION", symlink=True)
     assert version.stdout == '{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}\n'
+
+
+def test_in_process_calls_from_a_thread_in_the_cell(e: Env) -> None:
+    """What garden-hook does: the plugin object called from a thread that entered the cell's
+    namespace (the rest of the process stays where it is); same result as the executable."""
+    from cfnet.cni.entry import load_plugin
+    from cfnet.cni.plugin import invoke
+    from cfnet.cni.types import CmdArgs
+    from cfnet.testing.silk import call_in_netns
+
+    cell = e.cell("cell2")
+    ns = e.container_ns("ip1")
+    plugin = load_plugin("silk")
+    conf = e.conf(cell, cniVersion="1.1.0")
+    args = CmdArgs("ADD", container_id="ip1", netns=netns.path(ns), ifname="eth0")
+    result = call_in_netns(cell.ns, lambda: invoke(plugin, "ADD", dict(conf), args))
+    out = result.to_dict("1.1.0")  # type: ignore[union-attr]
+    ip = out["ips"][0]["address"].split("/")[0]
+    assert out["interfaces"][1] == {"name": "eth0", "mac": mac("ee:ee", ip), "mtu": cell.mtu,
+                                    "sandbox": netns.path(ns)}
+    assert sysctl(cell.ns, f"net.ipv4.conf.{host_veth(ip)}.rp_filter") == "1"
+    assert sysctl(ns, "net.ipv4.conf.eth0.rp_filter") == "1"
+    netns.run(ns, ["ping", "-c", "1", "-W", "5", "169.254.0.1"])  # over the veth to the cell
+    call_in_netns(cell.ns, lambda: invoke(plugin, "DEL", dict(conf),
+                                          CmdArgs("DEL", container_id="ip1",
+                                                  netns=netns.path(ns), ifname="eth0")))
+    assert host_veth(ip) not in links(cell.ns) and ip not in e.reservations(cell)
