@@ -9,6 +9,7 @@ process exit code. Failures before serving are one line on stderr, never a trace
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -276,6 +277,9 @@ def run(config: ServeConfig, roles: tuple[str, ...]) -> int:
               file=sys.stderr)
         return ExitCode.CONFIG
     first = next(iter(proc.logs.values()))
+    # uvicorn's own warnings (malformed HTTP, ...) as JSON lines too, not plain text on stderr
+    setup_logging("uvicorn", "error")
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
     first.info("starting", roles=list(proc.logs), log_level=level)
     try:
         listeners, background = build(proc)

@@ -357,3 +357,18 @@ def test_a_lost_database_gives_the_documented_500s(tmp_path: Path) -> None:
                 assert (r.status_code, r.json()) == (500, {"error": text}), r.url
             # uptime never touches the database
             assert requests.get(ps.external_url + "/", timeout=10).status_code == 200
+
+
+def test_self_service_skips_the_scope_check_but_not_the_guard(fresh_server: StartEnv) -> None:
+    from ps_env import NOSCOPE, guid
+
+    env = fresh_server(enable_space_developer_self_service=True)
+    r = env.create([v1(guid(), guid())], token=NOSCOPE)  # apps unknown to CC pass the guard
+    assert (r.status_code, r.content) == (200, b"{}")
+    env.cloud.apps.update({"in-space": "s1", "other": "s2"})
+    env.cloud.spaces.update({"s1": ("one", "org"), "s2": ("two", "org")})
+    r = env.create([v1("in-space", "other")], token=NOSCOPE)
+    assert r.status_code == 403
+    assert r.json() == {"error": "one or more applications cannot be found or accessed"}
+    r = requests.get(env.ext + "/tags", headers=env.auth(NOSCOPE), timeout=10)
+    assert r.json() == {"error": "provided scopes [] do not include allowed scopes [network.admin]"}
