@@ -93,7 +93,8 @@ def run(args: list[str], stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> 
         return fail(f"parse args: {e}")
     if positional_action:
         if values.get("action", positional_action) != positional_action:
-            return fail(f"parse args: action given twice: {positional_action} and {values['action']}")
+            return fail(f"parse args: action given twice: {positional_action} and "
+                        f"{values['action']}")
         values["action"] = positional_action
 
     config_path = values.get("configFile", "")
@@ -121,7 +122,7 @@ def run(args: list[str], stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> 
         conflist = libcni.load_conflist(cfg.cni_config_dir)
     except libcni.CNIFailure as e:
         return fail(f"load cni config: {e}")
-    runtime = libcni.Runtime(cfg.plugin_path, f"{cfg.cni_cache_dir}")
+    runtime = libcni.Runtime(cfg.plugin_path, cfg.cni_cache_dir)
 
     from cfnet.garden.up import HookError
 

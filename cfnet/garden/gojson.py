@@ -29,7 +29,8 @@ def _syntax_error(text: str, e: json.JSONDecodeError, end: str) -> str:
             if ch == literal[0]:
                 for got, want in zip(rest, literal):
                     if got != want:
-                        return f"invalid character '{got}' in literal {literal} (expecting '{want}')"
+                        return (f"invalid character '{got}' in literal {literal} "
+                                f"(expecting '{want}')")
                 return end
     if e.msg == "Extra data":
         return f"invalid character '{ch}' after top-level value"

@@ -55,16 +55,22 @@ def _ip(value: Any, struct: str, path: str) -> str | None:
         raise GoJSONError(f"invalid IP address: {value}") from None
 
 
+def _scalar(obj: dict[str, Any], key: str, struct: str, path: str, gotype: str) -> Any:
+    """The Go-checked value of `key` (None when absent or null)."""
+    found, value = gojson.field(obj, key)
+    return gojson.go_value(value, struct, path, gotype) if found else None
+
+
 def _netout_rule(raw: Any) -> dict[str, Any]:
     rule = _struct(raw, "UpInputs", "netout_rules", "garden.NetOutRule") or {}
     out: dict[str, Any] = {}
-    found, v = gojson.field(rule, "protocol")
-    proto = gojson.go_value(v, "NetOutRule", "netout_rules.protocol", "garden.Protocol") if found else None
+    proto = _scalar(rule, "protocol", "NetOutRule", "netout_rules.protocol", "garden.Protocol")
     if proto:
         out["protocol"] = proto
     found, v = gojson.field(rule, "networks")
     networks = []
-    for item in _list(v if found else None, "NetOutRule", "netout_rules.networks", "[]garden.IPRange"):
+    for item in _list(v if found else None, "NetOutRule", "netout_rules.networks",
+                      "[]garden.IPRange"):
         r = _struct(item, "NetOutRule", "netout_rules.networks", "garden.IPRange") or {}
         entry: dict[str, str] = {}
         for key in ("start", "end"):
@@ -77,12 +83,12 @@ def _netout_rule(raw: Any) -> dict[str, Any]:
         out["networks"] = networks
     found, v = gojson.field(rule, "ports")
     ports = []
-    for item in _list(v if found else None, "NetOutRule", "netout_rules.ports", "[]garden.PortRange"):
+    for item in _list(v if found else None, "NetOutRule", "netout_rules.ports",
+                      "[]garden.PortRange"):
         r = _struct(item, "NetOutRule", "netout_rules.ports", "garden.PortRange") or {}
         entry2: dict[str, int] = {}
         for key in ("start", "end"):
-            f, val = gojson.field(r, key)
-            n = gojson.go_value(val, "PortRange", f"netout_rules.ports.{key}", "uint16") if f else None
+            n = _scalar(r, key, "PortRange", f"netout_rules.ports.{key}", "uint16")
             if n:
                 entry2[key] = n
         ports.append(entry2)
@@ -132,8 +138,7 @@ def decode_up(data: bytes) -> UpInputs:
             r = _struct(item, "UpInputs", "netin", "garden.NetIn") or {}
             entry = {}
             for key in ("host_port", "container_port"):
-                f, val = gojson.field(r, key)
-                entry[key] = (gojson.go_value(val, "NetIn", f"netin.{key}", "uint32") if f else 0) or 0
+                entry[key] = _scalar(r, key, "NetIn", f"netin.{key}", "uint32") or 0
             inputs.netin.append(entry)
     return inputs
 

@@ -23,10 +23,12 @@ import copy
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 # type name -> name in cfnet.cni.entry.PLUGINS
 IN_PROCESS: dict[str, str] = {"silk-cni": "silk", "cni-wrapper-plugin": "wrapper"}
@@ -88,7 +90,8 @@ def conflist_from_bytes(data: bytes) -> ConfList:
     if name is None:
         raise CNIFailure("error parsing configuration list: no name")
     if not isinstance(name, str):
-        raise CNIFailure(f"error parsing configuration list: invalid name type {type(name).__name__}")
+        raise CNIFailure("error parsing configuration list: invalid name type "
+                         f"{type(name).__name__}")
     version = raw.get("cniVersion", "")
     if not isinstance(version, str):
         raise CNIFailure("error parsing configuration list: invalid cniVersion type")
@@ -288,6 +291,8 @@ class Runtime:
     def _exec(self, binary: str, command: str, conf: dict[str, Any],
               att: Attachment) -> dict[str, Any] | None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        import subprocess  # only when a plugin is exec'd
+
         env.update({"CNI_COMMAND": command, "CNI_CONTAINERID": att.container_id,
                     "CNI_NETNS": att.netns, "CNI_IFNAME": att.ifname,
                     "CNI_PATH": ":".join(self.path), "CNI_ARGS": ""})

@@ -91,7 +91,8 @@ class PortPool:
                 raise
             os.close(fd)
 
-    def _transaction(self, change: Callable[[dict[str, list[int]]], Any], write: bool = True) -> Any:
+    def _transaction(self, change: Callable[[dict[str, list[int]]], Any],
+                     write: bool = True) -> Any:
         fd = self._open_locked()
         try:
             state = self._read(fd)

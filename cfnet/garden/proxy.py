@@ -31,7 +31,8 @@ def script(cidr: str, ingress: bool, port: int) -> str:
         lines += ["  chain output {", "    type nat hook output priority -100; policy accept;",
                   f"    ip daddr {cidr} meta l4proto tcp redirect to :{port}", "  }"]
     if ingress:
-        lines += ["  chain prerouting {", "    type nat hook prerouting priority -100; policy accept;",
+        lines += ["  chain prerouting {",
+                  "    type nat hook prerouting priority -100; policy accept;",
                   f"    meta l4proto tcp redirect to :{port}", "  }"]
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -21,7 +21,7 @@ with open(conf["record"], "a") as f:
     f.write(json.dumps({"type": conf["type"], "command": env["CNI_COMMAND"], "env": env,
                         "conf": conf}) + "\\n")
 if env["CNI_COMMAND"] == "ADD":
-    result = conf.get("prevResult") or {"cniVersion": conf["cniVersion"], "interfaces": [], "ips": []}
+    result = conf.get("prevResult") or {"cniVersion": conf["cniVersion"], "ips": []}
     result["ips"].append({"address": conf["ip"]})
     print(json.dumps(result))
 """
@@ -172,10 +172,12 @@ def test_config_discovery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     chosen = libcni.load_conflist(str(d))
     # a conflist wins over a .conf; among them the first in lexical walk order
     assert chosen is not None and chosen.name == "second"
-    assert "Only one CNI config file or conflist (chain) will be executed" in capsys.readouterr().err
+    warning = "Only one CNI config file or conflist (chain) will be executed"
+    assert warning in capsys.readouterr().err
     (d / "10-a.conflist").write_text('{"name": "broken"}')
-    with pytest.raises(libcni.CNIFailure, match=r"unable to load config from .*10-a.conflist: "
-                                                 r"error parsing configuration list: no 'plugins' key"):
+    with pytest.raises(libcni.CNIFailure,
+                       match=r"unable to load config from .*10-a.conflist: "
+                             r"error parsing configuration list: no 'plugins' key"):
         libcni.load_conflist(str(d))
 
 

@@ -75,8 +75,10 @@ def test_errors_after_the_config_carry_its_prefix(tmp_path: Path) -> None:
     path = write(tmp_path, adapter(tmp_path))
     fails(["--configFile", path, "--action", "up", "--handle", "h", "extra", "args"],
           "my-prefix: parse args: unexpected extra args: [extra args]")
-    fails(["--configFile", path, "--action", "up"], "my-prefix: parse args: missing required flag 'handle'")
-    fails(["-configFile", path, "-handle", "h"], "my-prefix: parse args: missing required flag 'action'")
+    fails(["--configFile", path, "--action", "up"],
+          "my-prefix: parse args: missing required flag 'handle'")
+    fails(["-configFile", path, "-handle", "h"],
+          "my-prefix: parse args: missing required flag 'action'")
     fails(["--configFile", path, "--action", "net-in", "--handle", "h"],
           "my-prefix: unrecognized action: net-in")
     fails(["up", "--configFile", path], "my-prefix: parse args: missing required flag 'handle'")
@@ -115,8 +117,9 @@ def test_config_keys_match_case_insensitively(tmp_path: Path) -> None:
     ('{"log_prefix": "p", "start_port": "61000"}',
      "p: parse args: parsing config ({path}): json: cannot unmarshal string into Go struct "
      "field Config.start_port of type uint32"),
-    ('{"start_port": -1}', "cfnetworking: parse args: parsing config ({path}): json: cannot "
-                           "unmarshal number -1 into Go struct field Config.start_port of type uint32"),
+    ('{"start_port": -1}',
+     "cfnetworking: parse args: parsing config ({path}): json: cannot unmarshal number -1 into "
+     "Go struct field Config.start_port of type uint32"),
 ])
 def test_bad_config_json(tmp_path: Path, text: str, line: str) -> None:
     path = write(tmp_path, text)
@@ -128,7 +131,8 @@ def test_bad_config_json(tmp_path: Path, text: str, line: str) -> None:
     (b"{", "unexpected EOF"),
     (b"nope", "invalid character 'o' in literal null (expecting 'u')"),
     (b"x", "invalid character 'x' looking for beginning of value"),
-    (b'{"pid": "x"}', "json: cannot unmarshal string into Go struct field UpInputs.Pid of type int"),
+    (b'{"pid": "x"}',
+     "json: cannot unmarshal string into Go struct field UpInputs.Pid of type int"),
     (b'{"Pid": 0, "netin": [{"host_port": "80"}]}',
      "json: cannot unmarshal string into Go struct field NetIn.netin.host_port of type uint32"),
     (b'{"Properties": []}', "json: cannot unmarshal array into Go struct field "

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cfnet.net import netns
-from tests.garden.conftest import GardenCell, Responder, tcp_get
+from tests.garden.conftest import GardenCell, Responder, _detach_mounts, tcp_get
 from tests.garden.test_up_rollback import FAIL
 
 pytestmark = pytest.mark.privileged
@@ -32,11 +33,25 @@ def silk_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, An
         yield box, silk
 
 
+@dataclass
+class SilkCell(GardenCell):
+    overlay_subnet: str = ""
+    silk_plugin: dict[str, Any] = field(default_factory=dict)
+    make_container: Callable[[str], str] = str
+
+
 @pytest.fixture
-def silk_cell(silk_env: tuple[Any, Any], tmp_path: Path) -> Iterator[GardenCell]:
+def silk_cell(silk_env: tuple[Any, Any], tmp_path: Path) -> Iterator[SilkCell]:
     box, silk = silk_env
     cell = silk.cells["cell1"]
-    gc = GardenCell(ns=cell.ns, root=tmp_path)
+    made: list[str] = []
+
+    def make_container(suffix: str) -> str:
+        made.append(box.netns(suffix))
+        return made[-1]
+
+    gc = SilkCell(ns=cell.ns, root=tmp_path, overlay_subnet=cell.overlay_subnet,
+                  make_container=make_container)
     gc.plugin_dir.mkdir()
     gc.conf_dir.mkdir()
     gc.write_adapter(
@@ -44,26 +59,20 @@ def silk_cell(silk_env: tuple[Any, Any], tmp_path: Path) -> Iterator[GardenCell]
         bind_mount_dir=str(gc.bind_dir), state_file=str(gc.state_file), start_port=61000,
         total_ports=100, log_prefix="cfnetworking", iptables_lock_file=str(tmp_path / "lock"),
         proxy_port=15001, proxy_uid=0, cni_cache_dir=str(gc.cache_dir))
-    gc.silk_plugin = {"type": "silk-cni", "daemonPort": 23954,  # type: ignore[attr-defined]
-                      "dataDir": str(gc.ipam_dir), "datastore": str(tmp_path / "store.json"),
-                      "mtu": 0}
-    gc.overlay_subnet = cell.overlay_subnet  # type: ignore[attr-defined]
-    gc.write_conflist([gc.silk_plugin], name="cf")  # type: ignore[attr-defined]
-    made: list[str] = []
-    gc.make_container = lambda s: (made.append(box.netns(s)) or made[-1])  # type: ignore[attr-defined]
+    gc.silk_plugin = {"type": "silk-cni", "daemonPort": 23954, "dataDir": str(gc.ipam_dir),
+                      "datastore": str(tmp_path / "store.json"), "mtu": 0}
+    gc.write_conflist([gc.silk_plugin], name="cf")
     try:
         yield gc
     finally:
-        from tests.garden.conftest import _detach_mounts
-
         _detach_mounts(tmp_path)
         for name in made:
             netns.remove(name)
 
 
-def test_up_and_down_with_silk(silk_cell: GardenCell) -> None:
+def test_up_and_down_with_silk(silk_cell: SilkCell) -> None:
     cell = silk_cell
-    c1 = cell.make_container("s1")  # type: ignore[attr-defined]
+    c1 = cell.make_container("s1")
     before = cell.snapshot((c1,))
     assert not list(cell.plugin_dir.iterdir())  # nothing to exec: silk runs in-process
 
@@ -71,7 +80,7 @@ def test_up_and_down_with_silk(silk_cell: GardenCell) -> None:
     assert res.rc == 0, res.stderr
     props = res.json["properties"]
     ip = props["garden.network.container-ip"]
-    assert ipaddress.ip_address(ip) in ipaddress.ip_network(cell.overlay_subnet)  # type: ignore[attr-defined]
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(cell.overlay_subnet)
     assert props["garden.network.interface"] == "eth0"
     assert json.loads(props["garden.network.mapped-ports"]) == [
         {"HostPort": 61000, "ContainerPort": 8080}]
@@ -90,12 +99,12 @@ def test_up_and_down_with_silk(silk_cell: GardenCell) -> None:
     assert cell.snapshot((c1,)) == before
 
 
-def test_a_failure_after_silk_rolls_silk_back(silk_cell: GardenCell) -> None:
+def test_a_failure_after_silk_rolls_silk_back(silk_cell: SilkCell) -> None:
     cell = silk_cell
     cell.add_script_plugin("fail", FAIL)
-    cell.write_conflist([cell.silk_plugin, {"type": "fail", "record": str(cell.root / "calls")}],  # type: ignore[attr-defined]
-                        name="cf")
-    c1 = cell.make_container("s2")  # type: ignore[attr-defined]
+    fail = {"type": "fail", "record": str(cell.root / "calls")}
+    cell.write_conflist([cell.silk_plugin, fail], name="cf")
+    c1 = cell.make_container("s2")
     before = cell.snapshot((c1,))
     res = cell.up("h2", c1, netin=[{"host_port": 0, "container_port": 8080}])
     assert (res.rc, res.stdout) == (1, "")
@@ -104,12 +113,12 @@ def test_a_failure_after_silk_rolls_silk_back(silk_cell: GardenCell) -> None:
     assert cell.snapshot((c1,)) == before
 
 
-def test_down_after_the_container_namespace_is_gone(silk_cell: GardenCell) -> None:
+def test_down_after_the_container_namespace_is_gone(silk_cell: SilkCell) -> None:
     import ctypes
 
     cell = silk_cell
     before = cell.snapshot()
-    c1 = cell.make_container("s3")  # type: ignore[attr-defined]
+    c1 = cell.make_container("s3")
     assert cell.up("h3", c1).rc == 0
     netns.remove(c1)
     for point in cell.mounts():

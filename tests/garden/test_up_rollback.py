@@ -125,7 +125,8 @@ def test_no_ipv4_address_in_the_result(warm: GardenCell, container: Any) -> None
 
 
 def test_interface_index_out_of_range(warm: GardenCell, container: Any) -> None:
-    warm.write_conflist(warm.debian_chain(extra=[{"type": "badif", "record": str(warm.root / "r")}]))
+    badif = {"type": "badif", "record": str(warm.root / "r")}
+    warm.write_conflist(warm.debian_chain(extra=[badif]))
     _fails_cleanly(warm, container("c"), "no corresponding interface found, interface index: 7, "
                    "number of interfaces: 3")
 

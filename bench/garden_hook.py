@@ -1,0 +1,160 @@
+"""Benchmark: `cfnet garden-hook up` + `down` with one port mapping, cfnet's chain against Debian's.
+
+    .venv/bin/python bench/garden_hook.py [--iterations 40] [--warmup 3]
+
+One Silk cell (real silk-controller and silk-daemon in namespaces of a Sandbox). The hook is run
+as Garden runs it: the `cfnet` executable with `--configFile --action --handle`, Garden's JSON on
+stdin, the container's namespace as fd 3, entered into the cell's network namespace. Two
+adapter.json files differ only in their CNI config dir:
+
+- cfnet: the silk-cni plugin (called in-process by the hook);
+- Debian: bridge + host-local + portmap from containernetworking-plugins (exec'd, /usr/lib/cni).
+
+Each iteration makes a fresh container namespace per chain (not timed: Garden makes it), then
+times `up` and `down` (whole processes). The chains alternate so that noise hits both alike.
+Printed: p50/p95 of up, down and up+down in ms, and the ratio cfnet/Debian (target <= 1.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+GO_PLUGINS = Path("/usr/lib/cni")
+CFNET = str(Path(sys.executable).with_name("cfnet"))
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def write_chain(work: Path, kind: str) -> Path:
+    """An adapter.json for one chain; returns its path."""
+    d = work / kind
+    (d / "net.d").mkdir(parents=True)
+    if kind == "cfnet":
+        plugins: list[dict[str, Any]] = [
+            {"type": "silk-cni", "daemonPort": 23954, "dataDir": str(d / "ipam"),
+             "datastore": str(d / "store.json"), "mtu": 0}]
+    else:
+        plugins = [
+            {"type": "bridge", "bridge": "cni-bench", "isGateway": True, "isDefaultGateway": True,
+             "ipMasq": False,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.98.0.0/24"}]],
+                      "dataDir": str(d / "ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": True}}]
+    (d / "net.d" / "10-bench.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": f"bench-{kind}", "plugins": plugins}))
+    adapter = {
+        "cni_plugin_dir": str(GO_PLUGINS), "cni_config_dir": str(d / "net.d"),
+        "bind_mount_dir": str(d / "netns"), "state_file": str(d / "ports.json"),
+        "start_port": 61000, "total_ports": 5000, "log_prefix": "cfnetworking",
+        "iptables_lock_file": str(d / "iptables.lock"), "proxy_port": 15001, "proxy_uid": 0,
+        "cni_cache_dir": str(d / "cache")}
+    path = d / "adapter.json"
+    path.write_text(json.dumps(adapter))
+    return path
+
+
+def run_hook(cell_ns: str, adapter: Path, action: str, handle: str,
+             container_path: str | None) -> float:
+    from cfnet.net import netns
+
+    argv = ["nsenter", f"--net={netns.path(cell_ns)}", CFNET, "garden-hook",
+            f"--configFile={adapter}", "--action", action, "--handle", handle]
+    stdin = json.dumps({"Pid": 0, "Properties": {"app_id": "bench"},
+                        "netin": [{"host_port": 0, "container_port": 8080}]}) if action == "up" \
+        else "null"
+    fd = os.open(container_path, os.O_RDONLY) if container_path else None
+    try:
+        start = time.perf_counter()
+        proc = subprocess.run(argv, input=stdin.encode(), capture_output=True,
+                              pass_fds=(fd, 3) if fd is not None else (),
+                              preexec_fn=(lambda: os.dup2(fd, 3)) if fd is not None else None)
+        elapsed = time.perf_counter() - start
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if proc.returncode != 0:
+        raise SystemExit(f"{action} {handle} failed: {proc.stderr.decode().strip()}")
+    return elapsed
+
+
+def detach_mounts(root: Path) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(str(root))]
+    for point in reversed(points):
+        libc.umount2(point.encode(), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    if not (GO_PLUGINS / "bridge").exists():
+        raise SystemExit(f"needs Debian's containernetworking-plugins in {GO_PLUGINS}")
+    from cfnet.net import netns
+    from cfnet.testing.netns import Sandbox
+    from cfnet.testing.silk import silk_deployment
+
+    kinds = ("cfnet", "debian")
+    rows: dict[str, dict[str, list[float]]] = {
+        k: {"up": [], "down": [], "total": []} for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="cfnet-bench-gh-") as tmp:
+        work = Path(tmp)
+        adapters = {k: write_chain(work, k) for k in kinds}
+        try:
+            with Sandbox("bgh") as box, \
+                    silk_deployment(box.topology(), work / "silk", cells=1) as silk:
+                cell = next(iter(silk.cells.values()))
+                for i in range(args.iterations + args.warmup):
+                    for kind in kinds if i % 2 == 0 else reversed(kinds):
+                        ns = box.netns(f"{kind[0]}{i}")
+                        handle = f"bench-{kind}-{i}"
+                        try:
+                            up = run_hook(cell.ns, adapters[kind], "up", handle, netns.path(ns))
+                            down = run_hook(cell.ns, adapters[kind], "down", handle, None)
+                        finally:
+                            netns.remove(ns)
+                        if i >= args.warmup:
+                            rows[kind]["up"].append(up * 1000)
+                            rows[kind]["down"].append(down * 1000)
+                            rows[kind]["total"].append((up + down) * 1000)
+        finally:
+            detach_mounts(work)
+    print(f"garden-hook up+down (one port mapping), {args.iterations} iterations each "
+          f"(+{args.warmup} warm-up), nproc {os.cpu_count()}, kernel {os.uname().release}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print(f"{'chain':<42} {'up p50':>7} {'up p95':>7} {'dn p50':>7} {'dn p95':>7} "
+          f"{'u+d p50':>8} {'u+d p95':>8}")
+    labels = {"cfnet": "cfnet: silk (in-process)",
+              "debian": "Debian: bridge + host-local + portmap (Go)"}
+    for kind, label in labels.items():
+        r = rows[kind]
+        print(f"{label:<42} {statistics.median(r['up']):7.1f} {pct(r['up'], 95):7.1f} "
+              f"{statistics.median(r['down']):7.1f} {pct(r['down'], 95):7.1f} "
+              f"{statistics.median(r['total']):8.1f} {pct(r['total'], 95):8.1f}")
+    p50 = statistics.median(rows["cfnet"]["total"]) / statistics.median(rows["debian"]["total"])
+    p95 = pct(rows["cfnet"]["total"], 95) / pct(rows["debian"]["total"], 95)
+    print(f"ratio cfnet / Debian, up+down: p50 {p50:.2f}x, p95 {p95:.2f}x (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
