@@ -177,3 +177,19 @@ def test_overlapping_ranges_are_refused_by_the_kernel_and_merged_by_us(nft: Nft)
     nft.run(f"add element ip shapes s {nx.elements(merged)}")
     state = nft.list_table("ip", "shapes")
     assert state is not None and state.sets["s"].elements == ["10.255.0.2 . 0x5 . tcp . 8080-9000"]
+
+
+def test_a_process_inside_the_namespace_uses_the_plain_path(sandbox: Sandbox) -> None:
+    import sys
+
+    from cfnet.net import netns
+
+    name = sandbox.netns("plain")
+    code = ("from cfnet.net.nft import Nft\n"
+            "n = Nft()\n"
+            "n.run('add table ip plain')\n"
+            "print(n.table_exists('ip', 'plain'))\n")
+    out = netns.run(name, [sys.executable, "-c", code], timeout=60).stdout
+    assert out.strip() == "True"
+    with Nft(name) as inside:
+        assert inside.table_exists("ip", "plain")
