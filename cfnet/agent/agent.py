@@ -166,9 +166,9 @@ class Agent:
                                              [f'"{i}"' for i in self.underlay_ifs])
             self.nft.run(ct.script(lines))
             listing = ct.list_c2c(self.nft)
+        state = listing.state or ct.C2CState()
         self.log.info("table-ready", adopted=existed, live_allow_set=listing.allow_set,
-                      allow_elements=len(listing.state.allow),
-                      source_tags=len(listing.state.src_tags))
+                      allow_elements=len(state.allow), source_tags=len(state.src_tags))
         self.policy_cycle(full=True)
         self.ready = True
 
@@ -238,7 +238,9 @@ class Agent:
                 old = listing.state
                 if (listing.allow_set is None or listing.state != desired
                         or p.log_rules != self.applied_log_rules or listing.chain_rules == 0):
-                    self.live_set = ct.replace_c2c(self.nft, desired, p.log_rules, bypass)
+                    # The listing is the kernel's truth: diff against it (or swap, if large).
+                    self.live_set = ct.replace_c2c(self.nft, desired, p.log_rules, bypass,
+                                                   last=listing.state)
                     changed = True
                 else:
                     self.live_set = listing.allow_set

@@ -112,9 +112,12 @@ def policy(env: Env, cleanup: list[Any], src: str, dst: str, proto: str = "tcp",
     return p
 
 
-def allow_keys(state: ct.TableState) -> set[str]:
-    """Elements of the live c2c allow set (the other one exists only inside a swap)."""
-    return {k for n, s in state.sets.items() if n in ct.ALLOW_SETS for k in s.keys}
+def allow_keys(env: Env, cell: str) -> frozenset[str]:
+    """The cell's c2c allow elements, canonical (`ip . tag . proto . lo-hi`), as listed."""
+    with Nft(env.silk.cells[cell].ns) as nft:
+        state = ct.list_c2c(nft).state
+    assert state is not None
+    return state.allow
 
 
 def reach(src: ta.Container, dst: ta.Container, spec: str) -> bool:
@@ -164,7 +167,7 @@ def test_the_source_tag_crosses_the_wire_as_the_mark(env: Env, cleanup: list) ->
     tag = env.table("cell1").sets["c2c_src_tag"].keys[src.ip]
     # cell2 knows nothing of the source container: no source entry for its IP there...
     assert src.ip not in env.table("cell2").sets["c2c_src_tag"].keys
-    assert f"{dst.ip} . {tag} . tcp . 8080-8080" in allow_keys(env.table("cell2"))
+    assert f"{dst.ip} . {tag} . tcp . 8080-8080" in allow_keys(env, "cell2")
     # ...yet packets arrive from the VTEP carrying the tag as their mark.
     cell2 = env.silk.cells["cell2"].ns
     probe_table = ("table ip t2probe {\n chain probe_fwd {\n"
@@ -289,7 +292,7 @@ def test_tag_ffff_and_an_app_with_150_policies(env: Env, cleanup: list) -> None:
     ta.wait_for("150 policies in force", lambda: reach(many, dst, "tcp:20298"))
     assert ta.probe(many, dst.ip, "tcp:20000", "tcp:20001", "tcp:8080", timeout=0.5) == {
         "tcp:20000": "ok", "tcp:20001": "refused", "tcp:8080": "refused"}
-    assert sum(1 for k in allow_keys(env.table("cell2")) if k.startswith(dst.ip + " ")) == 151
+    assert sum(1 for k in allow_keys(env, "cell2") if k.startswith(dst.ip + " ")) == 151
 
 
 def test_concurrent_creates_and_destroys_while_syncing(env: Env, cleanup: list) -> None:
@@ -457,7 +460,7 @@ def test_force_and_debug_endpoints(env: Env, cleanup: list) -> None:
     dst = container(env, cleanup, "cell1", "t11-dst", app_id="t11-b")
     policy(env, cleanup, "t11-a", "t11-b", "tcp", "8080")
     ta.wait_for("policy planned", lambda: any(
-        k.startswith(dst.ip + " ") for k in allow_keys(env.table("cell1"))))
+        k.startswith(dst.ip + " ") for k in allow_keys(env, "cell1")))
     assert agent.debug("/iptables-c2c-logging", "PUT", b'{"enabled": true}') == (
         200, '{"enabled":true}')
     cleanup.append(lambda: agent.debug("/iptables-c2c-logging", "PUT", b'{"enabled": false}'))
