@@ -146,7 +146,8 @@ def _outbound(conf: dict[str, Any]) -> OutboundLimits:
     for key in ("limit", "logging", "dry_run"):
         value = raw.get(key, False)
         if not isinstance(value, bool):
-            raise _bad(f"loading wrapper config: key 'outbound_connections.{key}' must be a boolean")
+            raise _bad(f"loading wrapper config: key 'outbound_connections.{key}' must be a "
+                       "boolean")
         setattr(out, key, value)
     # Upstream rejects a missing burst or rate (Go zero values); absent keys take the BOSH
     # defaults here, present ones must be positive.

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from wrapper_env import CELL_DNS, HOST_SVC_PORT, INTERNET_IP2, Env, wait_listening
+from wrapper_env import CELL_DNS, HOST_SVC_PORT, INTERNET_IP2, Env, deployment, wait_listening
 
 from cfnet.net import netns
 from cfnet.net.topology import stop_process
@@ -27,27 +27,8 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    from cfnet.testing.netns import Sandbox
-    from cfnet.testing.silk import silk_deployment
-
-    work = tmp_path_factory.mktemp("wrapper")
-    with Sandbox("wr") as box, silk_deployment(box.topology(), work, cells=1) as silk:
-        router = silk.topology.add_host("router")
-        internet = silk.topology.add_host("internet")
-        netns.run(internet.ns, ["ip", "addr", "add", f"{INTERNET_IP2}/24", "dev", "eth0"])
-        cell = silk.cells["cell1"]
-        (cell.workdir / "container-metadata").mkdir()  # as the BOSH job does
-        # A link-local DNS server address and a host service on the cell itself.
-        netns.run(cell.ns, ["ip", "addr", "add", f"{CELL_DNS}/32", "dev", "lo"])
-        e = Env(box=box, silk=silk, work=work, router=router, internet=internet)
-        try:
-            e.responder(internet.ns, "0.0.0.0", 80, 8080)
-            e.responder(cell.ns, CELL_DNS, 53, 54)
-            e.responder(cell.ns, cell.underlay_ip, HOST_SVC_PORT, HOST_SVC_PORT + 1)
-            yield e
-        finally:
-            for p in e.procs:
-                stop_process(p)
+    with deployment(tmp_path_factory.mktemp("wrapper"), "wr") as e:
+        yield e
 
 
 @pytest.fixture
@@ -115,11 +96,7 @@ def test_netin_netout_dns_host_services_and_datastore(e: Env) -> None:
 
     e.delete("c1", ns)
     assert "c1" not in json.loads(e.datastore.read_text())
-    after = e.snapshot()
-    after["table"] = after["table"] if before["table"] else ""  # base ruleset may be new
-    assert "c1" not in e.table() and ip not in e.table()
-    assert {k: v for k, v in after.items() if k != "table"} == \
-        {k: v for k, v in before.items() if k != "table"}
+    assert e.snapshot() == before
     # The router no longer reaches anything through the old host port.
     assert e.connect(e.router.ns, f"{cell_ip}:61001")[f"{cell_ip}:61001"][0] != "ok"
 
@@ -217,13 +194,17 @@ def test_config_errors_use_upstream_texts(e: Env) -> None:
         conf = e.wrapper_conf("cfg")
         del conf[key]
         run = e.cni("wrapper", "ADD", "cfg", ns, conf)
-        assert (run.code, run.out["code"], run.out["msg"]) == (1, 7, msg), key  # type: ignore[index]
+        assert run.code == 1 and run.out is not None
+        assert (run.out["code"], run.out["msg"]) == (7, msg), key
     conf = e.wrapper_conf("cfg", dns_servers=["banana"])
     run = e.cni("wrapper", "ADD", "cfg", ns, conf)
-    assert run.out["msg"] == 'invalid DNS server "banana", must be valid IP address'  # type: ignore[index]
+    assert run.out is not None
+    assert run.out["msg"] == 'invalid DNS server "banana", must be valid IP address'
     conf = e.wrapper_conf("cfg", deny_networks={"always": ["10.0.0.0/40"]})
     run = e.cni("wrapper", "ADD", "cfg", ns, conf)
-    assert run.out["msg"] == "initialize net out: deny networks: invalid CIDR address: 10.0.0.0/40"  # type: ignore[index]
+    assert run.out is not None
+    assert run.out["msg"] == \
+        "initialize net out: deny networks: invalid CIDR address: 10.0.0.0/40"
     run = e.cni("wrapper", "ADD", "cfg", ns, e.wrapper_conf(
         "cfg", port_mappings=[{"host_port": 0, "container_port": 8080}]))
     assert run.out["msg"] == "cannot allocate port 0"  # type: ignore[index]
@@ -300,8 +281,8 @@ def test_failure_nft_transaction(e: Env) -> None:
     # as a whole and everything before it is rolled back.
     saved = e.table()
     assert "containers" in saved or saved == ""
-    netns.run(e.cell.ns, ["nft", "add table ip cfnet; delete table ip cfnet; "
-                                 "add table ip cfnet; add set ip cfnet containers { type ifname; }"])
+    netns.run(e.cell.ns, ["nft", "add table ip cfnet; delete table ip cfnet; add table ip cfnet; "
+                                 "add set ip cfnet containers { type ifname; }"])
     try:
         before = e.snapshot()
         ns = e.container_ns("f5")
@@ -311,6 +292,23 @@ def test_failure_nft_transaction(e: Env) -> None:
         assert e.snapshot() == before
     finally:
         netns.run(e.cell.ns, ["nft", "delete table ip cfnet"])
+        e.write_base()
+
+
+def test_add_makes_the_base_ruleset_when_no_agent_made_it(e: Env) -> None:
+    netns.run(e.cell.ns, ["nft", "delete table ip cfnet"])
+    try:
+        ns = e.container_ns("nobase")
+        e.add("nobase", ns, net_out_rules=allow_internet_80(e))
+        got = e.connect(ns, f"{e.internet.ip}:80", f"{e.internet.ip}:8080")
+        assert got[f"{e.internet.ip}:80"] == ("ok", e.cell.underlay_ip)
+        assert got[f"{e.internet.ip}:8080"][0] == "refused"
+        e.delete("nobase", ns)
+        table = e.table()
+        assert "chain forward" in table and "nobase" not in table
+    finally:
+        netns.run(e.cell.ns, ["nft", "add table ip cfnet; delete table ip cfnet"])
+        e.write_base()
 
 
 def test_agent_answering_200_owns_egress(e: Env, tmp_path: Path) -> None:
@@ -333,9 +331,9 @@ def test_agent_answering_200_owns_egress(e: Env, tmp_path: Path) -> None:
 
 def test_hung_agent_times_out_to_static_rules(e: Env) -> None:
     # Something accepts connections on the agent's address but never answers.
-    hang = netns.spawn(e.cell.ns, [sys.executable, "-c",
-                                   "import socket,time; s=socket.create_server(('127.0.0.1',18724));"
-                                   "c=[]\nwhile True: c.append(s.accept())"])
+    never_answers = ("import socket\ns = socket.create_server(('127.0.0.1', 18724))\nc = []\n"
+                     "while True: c.append(s.accept())")
+    hang = netns.spawn(e.cell.ns, [sys.executable, "-c", never_answers])
     try:
         wait_listening(e.cell.ns, [18724])
         ns = e.container_ns("hung")

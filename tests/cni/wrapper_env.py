@@ -9,11 +9,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cfnet.net import netns
+from cfnet.net.topology import stop_process
 
 CELL_DNS = "169.254.0.2"  # a link-local DNS server address on the cell
 HOST_SVC_PORT = 9100
@@ -152,6 +155,12 @@ class Env:
 
     # -- observing the cell ------------------------------------------------------------------------
 
+    def write_base(self) -> None:
+        """The cell table's base ruleset, as the agent writes it when it starts."""
+        from cfnet.net import cell_table as ct
+
+        netns.run(self.cell.ns, ["nft", "-f", "-"], input=ct.render_base())
+
     def table(self) -> str:
         """`nft list table ip cfnet` of the cell ("" when absent)."""
         proc = netns.run(self.cell.ns, ["nft", "list", "table", "ip", "cfnet"], check=False)
@@ -171,8 +180,27 @@ class Env:
             if self.datastore.exists() else {},
             "silk_store": json.loads(cell.datastore.read_text() or "{}")
             if cell.datastore.exists() else {},
-            "table": self.table(),
+            "table": self.table_state(),
         }
+
+    def table_state(self) -> dict[str, Any] | None:
+        """The cell table as data without handles. The elements of `underlay_ifs` and `host_svc`
+        are left out: they are cell-wide config that every ADD adds idempotently and no
+        container's DEL removes."""
+        proc = netns.run(self.cell.ns, ["nft", "-j", "list", "table", "ip", "cfnet"], check=False)
+        if proc.returncode != 0:
+            return None
+        out: dict[str, Any] = {}
+        for obj in json.loads(proc.stdout)["nftables"]:
+            kind = next(iter(obj))
+            if kind == "metainfo":
+                continue
+            body = _without_handles(obj[kind])
+            if kind in ("set", "map") and body["name"] in ("underlay_ifs", "host_svc"):
+                body.pop("elem", None)
+            key = f"{kind} {body.get('chain', '')} {body.get('name', '')}"
+            out.setdefault(key, []).append(body)
+        return out
 
     def run_in(self, ns: str, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         return netns.run(ns, argv, **kw)
@@ -192,6 +220,14 @@ class Env:
         wait_listening(ns, list(ports))
 
 
+def _without_handles(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_handles(v) for k, v in value.items() if k != "handle"}
+    if isinstance(value, list):
+        return [_without_handles(v) for v in value]
+    return value
+
+
 def wait_listening(ns: str, ports: list[int], deadline: float = 15) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -200,3 +236,30 @@ def wait_listening(ns: str, ports: list[int], deadline: float = 15) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"listeners {ports} did not come up in {ns}")
+
+
+@contextmanager
+def deployment(work: Path, label: str) -> Iterator[Env]:
+    """A controller, one cell ("cell1") with its daemon, a router and an internet host; TCP
+    responders on the internet host (80, 8080 on both its addresses), on the cell's link-local
+    DNS address (53, 54) and on the cell's underlay address (HOST_SVC_PORT and the next port)."""
+    from cfnet.testing.netns import Sandbox
+    from cfnet.testing.silk import silk_deployment
+
+    with Sandbox(label) as box, silk_deployment(box.topology(), work, cells=1) as silk:
+        router = silk.topology.add_host("router")
+        internet = silk.topology.add_host("internet")
+        netns.run(internet.ns, ["ip", "addr", "add", f"{INTERNET_IP2}/24", "dev", "eth0"])
+        cell = silk.cells["cell1"]
+        (cell.workdir / "container-metadata").mkdir()  # as the BOSH job does
+        netns.run(cell.ns, ["ip", "addr", "add", f"{CELL_DNS}/32", "dev", "lo"])
+        e = Env(box=box, silk=silk, work=work, router=router, internet=internet)
+        e.write_base()
+        try:
+            e.responder(internet.ns, "0.0.0.0", 80, 8080)
+            e.responder(cell.ns, CELL_DNS, 53, 54)
+            e.responder(cell.ns, cell.underlay_ip, HOST_SVC_PORT, HOST_SVC_PORT + 1)
+            yield e
+        finally:
+            for p in e.procs:
+                stop_process(p)
