@@ -311,6 +311,7 @@ class NetoutChains:
     log: list[str]
     rl_log: list[str] | None = None  # None: chain not needed
     rl_set: str | None = None  # set body for rl-<handle>, None: not needed
+    defaults: list[str] = field(default_factory=list)  # the tail alone (before rules arrive)
 
 
 def egress_rule(rule: EgressRule, verdict: str) -> str:
@@ -382,13 +383,13 @@ def netout_chains(handle: str, workload: str, rules: Sequence[EgressRule],
         if not outbound.dry_run:
             rl_log.append("reject with icmp type port-unreachable")
 
+    defaults = default_netout(handle, asg_logging, denied_logs_per_sec)
     netout = ["ct state established,related accept", "meta l4proto tcp ct state invalid drop",
-              *rl_rules, *deny_rules, *reversed(asg),
-              *default_netout(handle, asg_logging, denied_logs_per_sec)]
+              *rl_rules, *deny_rules, *reversed(asg), *defaults]
     log = [f"meta l4proto != udp ct state invalid,new,untracked log prefix "
            f"{nx.log_prefix('OK_' + handle)}",
            f"meta l4proto udp limit rate {accepted_udp_logs_per_sec}/second burst "
            f"{accepted_udp_logs_per_sec} packets log prefix {nx.log_prefix('OK_' + handle)}",
            "accept"]
-    return NetoutChains(handle, netout, log, rl_log, rl_body)
+    return NetoutChains(handle, netout, log, rl_log, rl_body, defaults)
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cfnet.core import nft_syntax as nx
-from cfnet.core.asg_rules import (NetoutChains, default_netout, netout_chain, netout_log_chain,
+from cfnet.core.asg_rules import (NetoutChains, netout_chain, netout_log_chain,
                                   netout_rl_log_chain, overlay_chain, rl_set)
 from cfnet.net.nft import Nft, SetState, TableState
 
@@ -142,8 +142,7 @@ class ContainerNet:
     egress: NetoutChains  # from cfnet.core.asg_rules.netout_chains
     host_ip: str | None = None  # instance_address (DNAT match address)
     port_mappings: list[tuple[int, int]] = field(default_factory=list)  # (host port, container port)
-    static_rules: bool = False  # write egress.netout now (static ASG mode) instead of defaults
-    asg_logging: bool = False
+    static_rules: bool = False  # write egress.netout now (static ASG mode), else egress.defaults
     c2c_logging: bool = False  # DENY_C2C log in overlay-<handle>
     denied_logs_per_sec: int = 1
     underlay_ifs: list[str] = field(default_factory=list)
@@ -193,8 +192,7 @@ def container_add_lines(c: ContainerNet, current: TableState | None = None) -> l
     out += _chain_contents(netout_log_chain(h), c.egress.log)
     if c.egress.rl_log is not None:
         out += _chain_contents(netout_rl_log_chain(h), c.egress.rl_log)
-    netout = c.egress.netout if c.static_rules else default_netout(h, c.asg_logging,
-                                                                   c.denied_logs_per_sec)
+    netout = c.egress.netout if c.static_rules else c.egress.defaults
     out += _chain_contents(netout_chain(h), netout)
     out += _chain_contents(overlay_chain(h), overlay_rules(h, c.c2c_logging, c.denied_logs_per_sec))
     out.append(f"add element {T} netout_v {{ {ip} : {nx.jump(netout_chain(h))} }}")

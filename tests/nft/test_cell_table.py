@@ -68,6 +68,23 @@ def test_container_add_is_idempotent_and_loads_every_rule_shape(cell: Nft) -> No
     assert "rl-h1" in state.sets
 
 
+def test_agent_replaces_netout_contents_and_keeps_the_rest(cell: Nft) -> None:
+    c = container("h1", "10.255.0.2")  # dynamic mode: tx 1 writes only the default tail
+    cell.run(ct.render_container_add(c))
+    assert len(listed(cell).chains["netout-h1"].rules) == 2  # DENY log + reject
+    update = ar.netout_chains("h1", "app", ar.parse_asg_rules(
+        [{"protocol": "udp", "destination": "8.8.8.8", "ports": "53"}]),
+        outbound=ar.OutboundLimits(dry_run=True))
+    cell.run(ct.render_netout(update))
+    cell.run(ct.render_netout(update))
+    state = listed(cell)
+    assert len(state.chains["netout-h1"].rules) == len(update.netout) == 5
+    assert len(state.chains["netout-h1-rl-log"].rules) == 1 and "rl-h1" in state.sets
+    assert state.sets["netout_v"].elements == ["10.255.0.2 : jump netout-h1"]
+    ct.remove_container(cell, "h1")
+    assert ct.handles_in(ct.list_cell(cell) or TableState()) == set()
+
+
 def test_remove_takes_exactly_that_container_and_is_idempotent(cell: Nft) -> None:
     other = container("h2", "10.255.0.3", [(61001, 8080)])
     cell.run(ct.render_container_add(other))

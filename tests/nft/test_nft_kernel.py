@@ -17,7 +17,7 @@ pytestmark = pytest.mark.privileged
 
 
 def _own_netns() -> tuple[int, int]:
-    st = os.stat(f"/proc/thread-self/ns/net")
+    st = os.stat("/proc/thread-self/ns/net")
     return st.st_dev, st.st_ino
 
 
