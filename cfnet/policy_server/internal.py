@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cfnet.core.errors import StoreError
-from cfnet.core.policy import format_tag, security_group_to_internal, tagged_policy_to_internal
+from cfnet.core.policy import TaggedPolicy, format_tag, security_group_to_internal
 from cfnet.policy_server import wrappers
 from cfnet.policy_server.common import (BODY_ERRORS, StoreCalls, health_handler, query_list,
                                         query_value, read_body, uptime_handler)
@@ -35,6 +36,21 @@ def go_atoi(text: str) -> int | None:
         return None
     n = int(text)
     return n if -INT64_MAX - 1 <= n <= INT64_MAX else None
+
+
+_POLICY = ('{"source":{"id":%s,"tag":"%s"},"destination":{"id":%s,"tag":"%s","protocol":%s,'
+           '"ports":{"start":%d,"end":%d}}}')
+
+
+def render_internal_policies(found: list[TaggedPolicy], tag_length: int) -> bytes:
+    """I1's body, byte for byte what `json_response` makes of `tagged_policy_to_internal`, but
+    written directly: a cell's fetch renders about a thousand policies per request."""
+    esc = encode_basestring_ascii
+    tag = f"%0{2 * tag_length}X"
+    parts = [_POLICY % (esc(tp.policy.source), tag % tp.source_tag, esc(tp.policy.destination),
+                        tag % tp.destination_tag, esc(tp.policy.protocol), tp.policy.start,
+                        tp.policy.end) for tp in found]
+    return f'{{"total_policies":{len(parts)},"policies":[{",".join(parts)}]}}'.encode()
 
 
 @dataclass
@@ -62,9 +78,8 @@ class InternalHandlers:
         except StoreError as e:
             self.log.error("database-read-failed", error=str(e))
             return error_response(500, "database read failed")
-        return json_response({"total_policies": len(found),
-                              "policies": [tagged_policy_to_internal(tp, self.d.tag_length)
-                                           for tp in found]})
+        return Response(render_internal_policies(found, self.d.tag_length),
+                        media_type="application/json")
 
     async def last_updated(self, request: Request) -> Response:
         wait_text = query_value(request, "wait")

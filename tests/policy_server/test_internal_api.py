@@ -182,3 +182,19 @@ def test_migrate_command_is_idempotent(server: Env) -> None:
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert '"num-applied":0' in r.stdout
+
+
+@pytest.mark.parametrize("tag_length", [1, 2, 3])
+def test_fast_policy_rendering_matches_the_generic_json(tag_length: int) -> None:
+    import json
+
+    from cfnet.core.policy import Policy, TaggedPolicy, tagged_policy_to_internal
+    from cfnet.policy_server.internal import render_internal_policies
+
+    found = [TaggedPolicy(Policy('a"\\b', "ünï\u2028/<x>", "tcp", 1, 65535), 1, 255),
+             TaggedPolicy(Policy("app-1", "app-2", "udp", 70000, 70000), 10, 2),
+             TaggedPolicy(Policy("\x00\x1f", "😀", "tcp", 8080, 8090), 255, 3)]
+    expected = json.dumps({"total_policies": 3, "policies": [
+        tagged_policy_to_internal(tp, tag_length) for tp in found]}, separators=(",", ":"))
+    assert render_internal_policies(found, tag_length) == expected.encode()
+    assert render_internal_policies([], tag_length) == b'{"total_policies":0,"policies":[]}'
