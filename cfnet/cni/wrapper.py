@@ -239,7 +239,7 @@ class WrapperPlugin:
         net = ct.ContainerNet(
             handle=handle, ip=ip, egress=egress, host_ip=cfg.instance_address,
             port_mappings=[(m.host_port, m.container_port) for m in cfg.port_mappings],
-            static_rules=static, asg_logging=cfg.iptables_asg_logging,
+            static_rules=static,
             c2c_logging=cfg.iptables_c2c_logging,
             denied_logs_per_sec=cfg.iptables_denied_logs_per_sec, underlay_ifs=underlay,
             host_services=self._host_services(cfg))
