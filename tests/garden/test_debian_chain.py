@@ -143,3 +143,64 @@ def test_fifty_concurrent_up_down_pairs(garden_cell: GardenCell, container) -> N
         results = list(pool.map(pair, range(50)))
     assert [r for r in results if r[1] != 0] == []
     assert cell.snapshot() == before
+
+
+PASS_THROUGH = """
+import json, os, sys
+conf = json.load(sys.stdin)
+with open(conf["record"], "a") as f:
+    f.write(json.dumps({"command": os.environ["CNI_COMMAND"], "conf": conf,
+                        "netns": os.environ.get("CNI_NETNS")}) + "\\n")
+if os.environ["CNI_COMMAND"] == "ADD":
+    print(json.dumps(conf["prevResult"]))
+"""
+
+
+def test_what_every_plugin_is_given(garden_cell: GardenCell, container) -> None:
+    """GEN's injections (metadata, runtimeConfig) on ADD; the cached result and the same
+    runtimeConfig on DEL; Garden's netout rules in Garden's own JSON shape."""
+    cell = garden_cell
+    record = cell.root / "calls"
+    cell.add_script_plugin("recorder", PASS_THROUGH)
+    cell.write_conflist(cell.debian_chain(extra=[{"type": "recorder", "record": str(record)}]),
+                        name="injected")
+    c1 = container("c1")
+    stdin = {
+        "Pid": 0,
+        "Properties": {"app_id": "a1", "policy_group_id": "g1", "ports": "8080"},
+        "netout_rules": [
+            {"protocol": 1, "networks": [{"start": "10.0.0.1", "end": "10.0.0.9"}],
+             "ports": [{"start": 80, "end": 443}], "log": True},
+            {"protocol": 3, "networks": [{"start": "0.0.0.0", "end": "255.255.255.255"}],
+             "icmps": {"type": 255, "code": 1}},
+        ],
+        "netin": [{"host_port": 0, "container_port": 8080},
+                  {"host_port": 62000, "container_port": 2222}],
+    }
+    res = cell.hook("up", "inj", stdin, container=c1)
+    assert res.rc == 0, res.stderr
+    assert json.loads(res.json["properties"]["garden.network.mapped-ports"]) == [
+        {"HostPort": 61000, "ContainerPort": 8080}, {"HostPort": 62000, "ContainerPort": 2222}]
+    assert cell.acquired_ports() == {"inj": [61000]}  # explicit host ports bypass the pool
+    add = json.loads(record.read_text().splitlines()[0])
+    assert add["command"] == "ADD" and add["netns"] == str(cell.bind_dir / "inj")
+    conf = add["conf"]
+    assert (conf["name"], conf["cniVersion"]) == ("injected", "1.0.0")
+    assert conf["metadata"] == stdin["Properties"]
+    assert conf["runtimeConfig"] == {
+        "portMappings": [
+            {"host_port": 61000, "container_port": 8080, "hostPort": 61000,
+             "containerPort": 8080, "protocol": "tcp"},
+            {"host_port": 62000, "container_port": 2222, "hostPort": 62000,
+             "containerPort": 2222, "protocol": "tcp"}],
+        "netOutRules": stdin["netout_rules"],
+    }
+    assert conf["prevResult"]["ips"][0]["address"].startswith("10.99.0.")
+
+    assert cell.down("inj").rc == 0
+    delete = json.loads(record.read_text().splitlines()[1])
+    assert delete["command"] == "DEL" and delete["netns"] == str(cell.bind_dir / "inj")
+    assert "metadata" not in delete["conf"]
+    assert delete["conf"]["prevResult"] == conf["prevResult"]
+    assert delete["conf"]["runtimeConfig"] == conf["runtimeConfig"]
+    assert cell.acquired_ports() == {}

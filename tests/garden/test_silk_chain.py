@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,4 +126,22 @@ def test_down_after_the_container_namespace_is_gone(silk_cell: SilkCell) -> None
         ctypes.CDLL(None).umount2(point.encode(), 2)
     res = cell.down("h3")
     assert res.rc == 0, res.stderr
+    assert cell.snapshot() == before
+
+
+def test_fifty_concurrent_containers_on_silk(silk_cell: SilkCell) -> None:
+    cell = silk_cell
+    before = cell.snapshot()
+    names = [cell.make_container(f"k{i}") for i in range(50)]
+    netin = [{"host_port": 0, "container_port": 8080}]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ups = list(pool.map(lambda i: cell.up(f"k{i}", names[i], netin=netin), range(50)))
+    assert [u.stderr for u in ups if u.rc != 0] == []
+    ips = {u.json["properties"]["garden.network.container-ip"] for u in ups}
+    ports = {json.loads(u.json["properties"]["garden.network.mapped-ports"])[0]["HostPort"]
+             for u in ups}
+    assert len(ips) == 50 and ports == set(range(61000, 61050))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        downs = list(pool.map(lambda i: cell.down(f"k{i}"), range(50)))
+    assert [d.stderr for d in downs if d.rc != 0] == []
     assert cell.snapshot() == before
