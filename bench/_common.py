@@ -93,3 +93,30 @@ def scratch_database(backend: str, workdir: Path, name: str = "bench") -> Iterat
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         admin.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) has used so far, in seconds.
+
+    Unlike wall-clock latency this hardly moves when other work shares the machine, so a CPU
+    figure per request is the steadier comparison on a loaded box. Read from the scheduler's
+    per-thread nanosecond counters; a thread that has exited no longer counts, so take
+    differences with `cpu_delta` over threads alive at the end.
+    """
+    return sum(thread_cpu_ns(pid).values()) / 1e9
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """{thread id: nanoseconds on CPU} for every live thread of `pid` (/proc/PID/task/*/schedstat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # the thread exited meanwhile
+            continue
+    return out
+
+
+def cpu_delta(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds spent between two `thread_cpu_ns` readings by the threads alive at the end."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
