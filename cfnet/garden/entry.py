@@ -27,6 +27,22 @@ class UsageError(Exception):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGINT arrived: unwind so that `up` undoes what it did."""
+
+
+def _terminate_on_signals() -> None:
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # the rollback must not be cut short
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(f"terminated by signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
 def parse_flags(args: list[str]) -> tuple[dict[str, str], list[str]]:
     """Go's flag.FlagSet.Parse for three string flags: (values, remaining args)."""
     values: dict[str, str] = {}
@@ -126,6 +142,7 @@ def run(args: list[str], stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> 
 
     from cfnet.garden.up import HookError
 
+    _terminate_on_signals()
     try:
         if action == "up":
             from cfnet.garden import inputs as inputs_mod
@@ -145,7 +162,7 @@ def run(args: list[str], stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> 
             down(cfg, handle, conflist, runtime)
             return 0
         return fail(f"unrecognized action: {action}")
-    except HookError as e:
+    except (HookError, Terminated) as e:
         return fail(str(e))
     except Exception as e:  # noqa: BLE001 - a bug still answers in the protocol, one line
         return fail(f"{action}: {type(e).__name__}: {e}")

@@ -195,6 +195,9 @@ class Runtime:
             except CNIFailure as e:
                 self._rollback(conflist, att, i, prev)
                 raise CNIFailure(f'plugin type="{plugin["type"]}" failed (add): {e}') from None
+            except BaseException:  # terminated mid-plugin: that plugin and the earlier ones
+                self._rollback(conflist, att, i, prev)
+                raise
         try:
             self._cache_write(conflist, att, prev)
         except OSError as e:

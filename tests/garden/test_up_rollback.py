@@ -165,3 +165,51 @@ def test_proxy_redirect_rules_in_the_container(warm: GardenCell, container: Any)
     assert "ip daddr 10.255.0.0/16 meta l4proto tcp redirect to :15001" in ruleset
     assert "hook prerouting" in ruleset
     assert warm.down("h1").rc == 0
+
+
+SLOW = _RECORD + """
+import time
+if os.environ["CNI_COMMAND"] == "ADD":
+    open(conf["record"] + ".started", "w").close()
+    time.sleep(120)
+"""
+
+
+def test_terminated_while_a_plugin_runs(warm: GardenCell, container: Any) -> None:
+    """Garden gives up on a hung plugin and sends SIGTERM: `up` still undoes everything."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    record = warm.root / "slow.calls"
+    warm.add_script_plugin("slow", SLOW)
+    warm.write_conflist(warm.debian_chain(extra=[{"type": "slow", "record": str(record)}]))
+    c = container("c")
+    before = warm.snapshot((c,))
+    fd = os.open(netns.path(c), os.O_RDONLY)
+    try:
+        proc = subprocess.Popen(
+            ["nsenter", f"--net={netns.path(warm.ns)}", sys.executable, "-m", "cfnet",
+             "garden-hook", f"--configFile={warm.config_path}", "--action", "up", "--handle", "h1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(fd, 3), preexec_fn=lambda: os.dup2(fd, 3))
+    finally:
+        os.close(fd)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"Pid": 0, "netin": [{"host_port": 0, "container_port": 1}]})
+                     .encode())
+    proc.stdin.close()
+    started = Path(str(record) + ".started")
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.stdin = None  # written and closed above
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (1, b"")
+    assert err.decode().splitlines()[-1] == "cfnetworking: terminated by signal 15"
+    assert _calls(record) == ["ADD", "DEL"]
+    assert warm.snapshot((c,)) == before
