@@ -374,6 +374,7 @@ class WrapperPlugin:
         valid = {str(a.get("containerID")) for a in raw if isinstance(a, dict)}
         sub = dict(cfg.delegate)
         sub[VALID_ATTACHMENTS] = raw
+        sub["cniVersion"] = cfg.cni_version  # GC needs 1.1.0, which the list's version has
         errors = []
         try:
             delegate.call("GC", sub, args, self.log)
@@ -403,4 +404,4 @@ class WrapperPlugin:
 
     def status(self, conf: dict[str, Any], args: CmdArgs) -> None:
         cfg = load(conf)
-        delegate.call("STATUS", cfg.delegate, args, self.log)
+        delegate.call("STATUS", {**cfg.delegate, "cniVersion": cfg.cni_version}, args, self.log)

@@ -345,3 +345,70 @@ def test_hung_agent_times_out_to_static_rules(e: Env) -> None:
                  policy_agent_timeout_seconds=1)
     finally:
         stop_process(hang)
+
+
+# ---- other delegates, the symlink, CHECK and GC ------------------------------------------------
+
+
+def test_exec_delegate_from_cni_path_and_runtime_symlink(e: Env, tmp_path: Path) -> None:
+    """Any delegate other than silk is exec'd from CNI_PATH (here Debian's ptp + host-local), and
+    the wrapper itself runs as a runtime finds it: a `cni-wrapper-plugin` symlink to cfnet."""
+    links = tmp_path / "bin"
+    links.mkdir()
+    (links / "cni-wrapper-plugin").symlink_to(Path(sys.executable).with_name("cfnet"))
+    argv = [str(links / "cni-wrapper-plugin")]
+    before = e.snapshot()
+    ptp = {"cniVersion": "1.0.0", "name": "ptpnet", "type": "ptp",
+           "ipam": {"type": "host-local", "subnet": "10.254.1.0/24",
+                    "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(tmp_path / "ptp-ipam")}}
+    conf = e.wrapper_conf("px", delegate=ptp, net_out_rules=allow_internet_80(e))
+    ns = e.container_ns("px")
+    run = e.cni("wrapper", "ADD", "px", ns, conf, argv=argv)
+    assert run.code == 0, run.stdout + run.stderr
+    ip = run.out["ips"][0]["address"].split("/")[0]  # type: ignore[index]
+    assert ip.startswith("10.254.1.")
+    assert json.loads(e.datastore.read_text())["px"]["ip"] == ip
+    got = e.connect(ns, f"{e.internet.ip}:80", f"{e.internet.ip}:8080")
+    assert got[f"{e.internet.ip}:80"] == ("ok", e.cell.underlay_ip)
+    assert got[f"{e.internet.ip}:8080"][0] == "refused"
+    run = e.cni("wrapper", "DEL", "px", ns, conf, argv=argv)
+    assert (run.code, run.stdout) == (0, ""), run.stderr
+    assert e.snapshot() == before
+
+    missing = e.wrapper_conf("px", delegate={"cniVersion": "1.0.0", "name": "x", "type": "nope"})
+    run = e.cni("wrapper", "ADD", "px", ns, missing, argv=argv)
+    assert run.code == 1 and run.out is not None
+    assert run.out["msg"] == 'delegate call: failed to find plugin "nope" in path [/usr/lib/cni]'
+    assert e.snapshot() == before
+
+
+def test_check(e: Env) -> None:
+    ns = e.container_ns("ck")
+    ip, out = e.add("ck", ns)
+    conf = {**e.wrapper_conf("ck"), "prevResult": out}
+    run = e.cni("wrapper", "CHECK", "ck", ns, conf)
+    assert run.code == 0, run.stdout + run.stderr
+    netns.run(e.cell.ns, ["nft", f"delete element ip cfnet netout_v {{ {ip} }}"])
+    run = e.cni("wrapper", "CHECK", "ck", ns, conf)
+    assert run.code == 1 and run.out is not None
+    assert run.out["details"] == f"netout_v has no element {ip} : jump netout-ck"
+    e.delete("ck", ns)
+
+
+def test_gc_removes_every_container_that_is_not_a_valid_attachment(e: Env) -> None:
+    before = e.snapshot()
+    ns1, ns2 = e.container_ns("g1"), e.container_ns("g2")
+    ip1, _ = e.add("g1", ns1, port_mappings=[{"host_port": 61040, "container_port": 8080}])
+    e.add("g2", ns2)
+    conf = {**e.wrapper_conf("g1"), "cniVersion": "1.1.0",
+            "cni.dev/valid-attachments": [{"containerID": "g2", "ifname": "eth0"}]}
+    run = e.cni("wrapper", "GC", "", None, conf)
+    assert run.code == 0, run.stdout + run.stderr
+    table = e.table()
+    assert "-g1" not in table and ip1 not in table and "netout-g2" in table
+    assert set(json.loads(e.datastore.read_text())) == {"g2"}
+    with_g2 = e.snapshot()
+    assert len(with_g2["links"]) == len(before["links"]) + 1  # g1's veth went with silk's GC
+    e.delete("g2", ns2)
+    e.delete("g1", ns1)  # DEL after GC: nothing left to do, still fine
+    assert e.snapshot() == before

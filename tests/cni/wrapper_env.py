@@ -128,14 +128,14 @@ class Env:
         return conf
 
     def cni(self, plugin: str, command: str, container_id: str, ns: str | None,
-            conf: dict[str, Any], ifname: str = "eth0") -> Run:
+            conf: dict[str, Any], ifname: str = "eth0", argv: list[str] | None = None) -> Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         env.update(CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_IFNAME=ifname,
                    CNI_PATH="/usr/lib/cni", CFNET_CNI_LOG="stderr", CFNET_CNI_LOG_LEVEL="debug")
         if ns is not None:
             env["CNI_NETNS"] = netns.path(ns)
-        proc = subprocess.run(netns.exec_argv(self.cell.ns, [sys.executable, "-m", "cfnet", "cni",
-                                                              plugin]),
+        argv = argv or [sys.executable, "-m", "cfnet", "cni", plugin]
+        proc = subprocess.run(netns.exec_argv(self.cell.ns, argv),
                               input=json.dumps(conf), capture_output=True, text=True, env=env,
                               timeout=90)
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
