@@ -38,6 +38,7 @@ FAST_PATHS: dict[str, str] = {
 ARGV0_ALIASES: dict[str, list[str]] = {
     "silk-cni": ["cni", "silk"],
     "cni-wrapper-plugin": ["cni", "wrapper"],
+    "bandwidth": ["cni", "bandwidth"],  # upstream's plugin type name, same config keys
 }
 
 

@@ -208,3 +208,21 @@ def test_zero_limits_pass_the_result_through(e: Env) -> None:
     ns = e.container_ns("bw3")
     run = e.cni("bandwidth", "ADD", "bw3", ns, bw_conf(prev))
     assert run.code == 0 and run.out == prev  # ...but with no limits nothing is looked at
+
+
+@pytest.mark.parametrize("alias, name", [("bandwidth", "bandwidth"),
+                                         ("cni-wrapper-plugin", "cni-wrapper-plugin")])
+def test_runtime_symlinks_run_the_plugins(tmp_path: Any, alias: str, name: str) -> None:
+    """A runtime finds plugins by type in CNI_PATH: a symlink of that name to cfnet runs ours."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    link = tmp_path / alias
+    link.symlink_to(Path(sys.executable).with_name("cfnet"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    about = subprocess.run([str(link)], capture_output=True, text=True, env=env, timeout=30)
+    assert about.returncode == 0 and about.stderr.startswith(f"CNI Plugin {name}\n")
+    version = subprocess.run([str(link)], capture_output=True, text=True, timeout=30,
+                             env={**env, "CNI_COMMAND": "VERSION"})
+    assert json.loads(version.stdout)["supportedVersions"] == ["0.4.0", "1.0.0", "1.1.0"]
