@@ -481,3 +481,26 @@ def test_unreachable_policy_server_fails_start_up(env: Env, tmp_path: Path) -> N
     assert proc.returncode == 1
     assert proc.stderr.startswith("cfnetworking: policy-client-get-policies: cannot connect")
     assert proc.stderr.count("\n") == 1
+
+
+def test_polling_without_watch_and_asg_syncing_disabled(env: Env, cleanup: list) -> None:
+    src = container(env, cleanup, "cell1", "t13-src", app_id="t13-a")
+    dst = container(env, cleanup, "cell2", "t13-dst", app_id="t13-b")
+    server(cleanup, dst, "tcp:8080")
+    agent = env.agents["cell2"]
+    agent.stop()
+    agent.write_config(policy_watch=False, enable_asg_syncing=False)
+
+    def restore() -> None:
+        agent.stop()
+        agent.write_config(policy_watch=True, enable_asg_syncing=True)
+        agent.start()
+
+    cleanup.append(restore)
+    agent.start()
+    assert agent.force("/force-asgs-for-container?container=t13-dst") == (
+        405, "ASG syncing has been disabled administratively")
+    assert agent.force("/force-orphaned-asgs-cleanup?container=t13-dst")[0] == 405
+    policy(env, cleanup, "t13-a", "t13-b")
+    ta.wait_for("policy in force by polling", lambda: reach(src, dst, "tcp:8080"))
+    assert agent.log_lines("policy-watch-unsupported") == []  # off by config, not detected
