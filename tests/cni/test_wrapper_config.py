@@ -130,3 +130,18 @@ def test_bad_netout_rule_names_the_entry(entry: dict[str, Any], names: str) -> N
     assert code == 7
     assert msg.startswith("runtimeConfig.netOutRules: invalid egress rule 1 ")
     assert names in msg
+
+
+def test_the_example_conflist_loads() -> None:
+    import json
+    from pathlib import Path
+
+    from cfnet.cni.bandwidth import parse_limits
+
+    path = Path(__file__).parents[2] / "examples" / "cni" / "cni-wrapper.conflist"
+    conflist = json.loads(path.read_text())
+    wrapper, bandwidth = conflist["plugins"]
+    injected = {"name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+    cfg = load({**wrapper, **injected})
+    assert cfg.delegate_type == "silk-cni" and cfg.dns_servers == ["169.254.0.2"]
+    assert not parse_limits({**bandwidth, **injected}).zero
