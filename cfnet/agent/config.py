@@ -1,4 +1,4 @@
-"""`cfnet vxlan-agent` config: upstream's vxlan-policy-agent keys (spec dataplane 1.2), JSON or TOML.
+"""`cfnet vxlan-agent` config: vxlan-policy-agent's keys (spec dataplane 1.2), JSON or TOML.
 
 Upstream keys keep their meaning and BOSH defaults. Keys cfnet adds (all optional):
 
@@ -27,6 +27,7 @@ from cfnet.core.errors import ConfigError
 PORT = {"min": 0, "max": 65535}  # 0: pick a free port (logged in `starting-servers`)
 REQUIRED = {"required": True}
 MODES = ("upstream", "strict")
+LEVELS = ("debug", "info", "error", "fatal")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class AgentConfig:
     iptables_lock_file: str = "/var/vcap/data/garden-cni/iptables.lock"
     debug_server_host: str = "127.0.0.1"
     debug_server_port: int = field(default=8721, metadata=PORT)
-    log_level: str = field(default="info", metadata={"choices": ("debug", "info", "error", "fatal")})
+    log_level: str = field(default="info", metadata={"choices": LEVELS})
     log_prefix: str = "cfnetworking"
     iptables_c2c_logging: bool = False
     iptables_accepted_udp_logs_per_sec: int = field(default=100, metadata={"min": 1})

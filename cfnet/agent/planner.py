@@ -62,7 +62,8 @@ def parse_ports(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def local_containers(entries: Mapping[str, Container], with_ports: bool = False) -> list[LocalContainer]:
+def local_containers(entries: Mapping[str, Container],
+                     with_ports: bool = False) -> list[LocalContainer]:
     """Datastore entries with a `policy_group_id`, sorted by handle descending (upstream)."""
     out = []
     for handle, c in entries.items():

@@ -1,4 +1,4 @@
-"""The container-metadata datastore (spec silk.md 4.2, dataplane 1.4), byte-compatible with upstream.
+"""The container-metadata datastore (spec silk.md 4.2, dataplane 1.4), byte-compatible.
 
     store = Datastore("/var/vcap/data/container-metadata/store.json")
     store.add("handle-1", "10.255.1.2", {"policy_group_id": "app-guid", "space_id": "space"})

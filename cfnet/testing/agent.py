@@ -129,7 +129,8 @@ class RunningAgent:
             raise DeploymentFailed(f"agent of {self.cell.name} is already running")
         self.runs += 1
         self.output_path = self.workdir / f"vxlan-agent-{self.runs}.log"
-        argv = [sys.executable, "-m", "cfnet", "vxlan-agent", "--config-file", str(self.config_path)]
+        argv = [sys.executable, "-m", "cfnet", "vxlan-agent", "--config-file",
+                str(self.config_path)]
         with open(self.output_path, "wb") as out:
             self.process = netns.spawn(self.ns, argv, log=out,
                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -196,7 +197,7 @@ def start_agent(cell: Cell, workdir: str | Path, ps: Any, start: bool = True,
     return agent
 
 
-# -- containers, as the CNI wrapper makes them ------------------------------------------------------
+# -- containers, as the CNI wrapper makes them ----------------------------------------------
 
 
 @dataclass
@@ -348,7 +349,7 @@ def unplug(cell_ns: str, host_if: str) -> None:
             ipr.link("del", index=found[0])
 
 
-# -- traffic ----------------------------------------------------------------------------------------
+# -- traffic --------------------------------------------------------------------------------
 
 SERVER = r"""
 import socket, sys, threading
@@ -398,7 +399,8 @@ for spec in sys.argv[2:]:
         finally:
             s.close()
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[1].split("/")[1]))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(float(sys.argv[1].split("/")[1]))
         try:
             # connected, so that an ICMP port-unreachable is reported (ECONNREFUSED)
             s.connect((sys.argv[1].split("/")[0], int(port))); s.send(b"x"); s.recv(1)

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,7 +130,8 @@ def refused(src: ta.Container, dst: ta.Container, spec: str) -> bool:
 # -- c2c -------------------------------------------------------------------------------------------
 
 
-def test_c2c_needs_a_policy_and_opens_exactly_its_ports_and_protocol(env: Env, cleanup: list) -> None:
+def test_c2c_needs_a_policy_and_opens_exactly_its_ports_and_protocol(env: Env,
+                                                                    cleanup: list) -> None:
     src = container(env, cleanup, "cell1", "t1-src", app_id="t1-a")
     remote = container(env, cleanup, "cell2", "t1-remote", app_id="t1-b")
     local = container(env, cleanup, "cell1", "t1-local", app_id="t1-b")

@@ -115,7 +115,8 @@ def test_plan_sources_destinations_ranges_and_ingress() -> None:
 
 def test_plan_150_policies_for_one_app() -> None:
     cs = [LocalContainer("h", "10.255.1.2", "dst", "", "app")]
-    policies = [pol(f"src{i}", "dst", "tcp", 10000 + 2 * i, stag=f"{i + 1:04x}") for i in range(150)]
+    policies = [pol(f"src{i}", "dst", "tcp", 10000 + 2 * i, stag=f"{i + 1:04x}")
+                for i in range(150)]
     p = plan(cs, policies)
     assert len(p.state.allow) == 150 and p.policies == 150
 

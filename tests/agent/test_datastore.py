@@ -24,7 +24,8 @@ def test_add_writes_upstreams_format_and_counts_versions(tmp_path: Path) -> None
     store.add("h1", "10.255.1.2", META)
     raw = path.read_bytes()
     assert raw.endswith(b"}\n") and raw.count(b"\n") == 1
-    assert raw.startswith(b'{"h1":{"handle":"h1","ip":"10.255.1.2","metadata":{"container_workload"')
+    assert raw.startswith(b'{"h1":{"handle":"h1","ip":"10.255.1.2","metadata":'
+                          b'{"container_workload"')
     assert b'"a":"1","b":"x\\u003cy"' in raw  # sorted keys, Go's HTML escaping
     assert json.loads(raw)["h2"] == {"handle": "h2", "ip": "10.255.1.3",
                                      "metadata": {"a": "1", "b": "x<y"}}
