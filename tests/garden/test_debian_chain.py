@@ -152,7 +152,10 @@ with open(conf["record"], "a") as f:
     f.write(json.dumps({"command": os.environ["CNI_COMMAND"], "conf": conf,
                         "netns": os.environ.get("CNI_NETNS")}) + "\\n")
 if os.environ["CNI_COMMAND"] == "ADD":
-    print(json.dumps(conf["prevResult"]))
+    result = conf["prevResult"]
+    if conf.get("nameservers"):
+        result["dns"] = {"nameservers": conf["nameservers"]}
+    print(json.dumps(result))
 """
 
 
@@ -162,8 +165,8 @@ def test_what_every_plugin_is_given(garden_cell: GardenCell, container) -> None:
     cell = garden_cell
     record = cell.root / "calls"
     cell.add_script_plugin("recorder", PASS_THROUGH)
-    cell.write_conflist(cell.debian_chain(extra=[{"type": "recorder", "record": str(record)}]),
-                        name="injected")
+    recorder = {"type": "recorder", "record": str(record), "nameservers": ["169.254.0.2"]}
+    cell.write_conflist(cell.debian_chain(extra=[recorder]), name="injected")
     c1 = container("c1")
     stdin = {
         "Pid": 0,
@@ -179,6 +182,14 @@ def test_what_every_plugin_is_given(garden_cell: GardenCell, container) -> None:
     }
     res = cell.hook("up", "inj", stdin, container=c1)
     assert res.rc == 0, res.stderr
+    ip = res.json["properties"]["garden.network.container-ip"]
+    assert res.stdout == (  # Go's encoder: struct field order, compact, one line
+        '{"properties":{"garden.network.container-ip":"' + ip + '",'
+        '"garden.network.host-ip":"255.255.255.255","garden.network.mapped-ports":'
+        '"[{\\"HostPort\\":61000,\\"ContainerPort\\":8080},'
+        '{\\"HostPort\\":62000,\\"ContainerPort\\":2222}]",'
+        '"garden.network.interface":"eth0"},"dns_servers":["169.254.0.2"],'
+        '"search_domains":["pivotal.io"]}\n')
     assert json.loads(res.json["properties"]["garden.network.mapped-ports"]) == [
         {"HostPort": 61000, "ContainerPort": 8080}, {"HostPort": 62000, "ContainerPort": 2222}]
     assert cell.acquired_ports() == {"inj": [61000]}  # explicit host ports bypass the pool
@@ -201,6 +212,8 @@ def test_what_every_plugin_is_given(garden_cell: GardenCell, container) -> None:
     delete = json.loads(record.read_text().splitlines()[1])
     assert delete["command"] == "DEL" and delete["netns"] == str(cell.bind_dir / "inj")
     assert "metadata" not in delete["conf"]
-    assert delete["conf"]["prevResult"] == conf["prevResult"]
+    # the cached result of the whole list (the recorder's own, with its DNS servers)
+    assert delete["conf"]["prevResult"] == {**conf["prevResult"],
+                                            "dns": {"nameservers": ["169.254.0.2"]}}
     assert delete["conf"]["runtimeConfig"] == conf["runtimeConfig"]
     assert cell.acquired_ports() == {}
