@@ -412,3 +412,28 @@ def test_gc_removes_every_container_that_is_not_a_valid_attachment(e: Env) -> No
     e.delete("g2", ns2)
     e.delete("g1", ns1)  # DEL after GC: nothing left to do, still fine
     assert e.snapshot() == before
+
+
+def test_concurrent_adds_and_dels_leave_nothing_behind(e: Env) -> None:
+    """Twelve containers created at once, then deleted at once: distinct IPs, every one in the
+    table and the datastore, and afterwards the cell exactly as before (the flock serialises the
+    table's read-modify-write; the datastore and IPAM have their own locks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = e.snapshot()
+    handles = [f"cc{i}" for i in range(12)]
+    spaces = {h: e.container_ns(h) for h in handles}
+
+    def add(h: str) -> str:
+        return e.add(h, spaces[h], net_out_rules=allow_internet_80(e),
+                     port_mappings=[{"host_port": 61100 + int(h[2:]), "container_port": 8080}])[0]
+
+    with ThreadPoolExecutor(6) as pool:
+        ips = list(pool.map(add, handles))
+    assert len(set(ips)) == len(handles)
+    table = e.table()
+    assert all(f"{ip} : jump netout-{h}" in table for h, ip in zip(handles, ips))
+    assert set(json.loads(e.datastore.read_text())) == set(handles)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda h: e.delete(h, spaces[h]), handles))
+    assert e.snapshot() == before
