@@ -23,6 +23,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,25 @@ def as_040(result: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # The runtime
 
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+
+def validate_names(conflist: ConfList, att: Attachment) -> None:
+    """libcni's checks before it runs a list (the names also make the cache file's path)."""
+    if not att.container_id:
+        raise CNIFailure("missing containerID")
+    if not _NAME_RE.match(att.container_id):
+        raise CNIFailure(f"invalid characters in containerID; {att.container_id}")
+    if not conflist.name:
+        raise CNIFailure("missing network name")
+    if not _NAME_RE.match(conflist.name):
+        raise CNIFailure(f"invalid characters found in network name; {conflist.name}")
+    if not att.ifname:
+        raise CNIFailure("interface name is empty")
+    if len(att.ifname.encode()) > 15 or att.ifname in (".", "..") or \
+            re.search(r"[/:\s]", att.ifname):
+        raise CNIFailure(f"invalid interface name; {att.ifname}")
+
 
 class Runtime:
     def __init__(self, path: list[str], cache_dir: str) -> None:
@@ -187,6 +207,7 @@ class Runtime:
 
     def add_list(self, conflist: ConfList, att: Attachment) -> dict[str, Any] | None:
         """ADD every plugin in order; on failure, DEL what ran, then raise CNIFailure."""
+        validate_names(conflist, att)
         prev: dict[str, Any] | None = None
         for i, plugin in enumerate(conflist.plugins):
             conf = self._inject(conflist, plugin, prev, att.extra)
@@ -208,6 +229,7 @@ class Runtime:
 
     def del_list(self, conflist: ConfList, att: Attachment) -> None:
         """DEL every plugin in reverse with the cached result; the cache entry goes afterwards."""
+        validate_names(conflist, att)
         cached = self._cache_read(conflist, att)
         prev = cached.get("result") if cached else None
         extra = cached.get("cfnetRuntimeConfig") if cached else None

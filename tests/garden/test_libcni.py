@@ -186,3 +186,15 @@ def test_as_040_names_ip_versions() -> None:
                                                       {"address": "fd00::2/64"}]})
     assert r["cniVersion"] == "0.4.0"
     assert [ip["version"] for ip in r["ips"]] == ["4", "6"]
+
+
+def test_names_are_checked_before_anything_runs(tmp_path: Path, plugins: Path) -> None:
+    rt = libcni.Runtime([str(plugins)], str(tmp_path / "cache"))
+    bad_net = libcni.ConfList(name="../escape", cni_version="1.0.0",
+                              plugins=[{"type": "one", "record": str(tmp_path / "calls")}])
+    with pytest.raises(libcni.CNIFailure,
+                       match=r"^invalid characters found in network name; \.\./escape$"):
+        rt.add_list(bad_net, libcni.Attachment("h", "/x", "eth0"))
+    with pytest.raises(libcni.CNIFailure, match=r"^invalid characters in containerID; a/b$"):
+        rt.del_list(conflist(tmp_path), libcni.Attachment("a/b", "", "eth0"))
+    assert calls(tmp_path) == []
