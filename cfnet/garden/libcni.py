@@ -13,7 +13,8 @@
 
 Beyond libcni: an ADD that fails at plugin k runs DEL on plugins k..0 before returning the error,
 so nothing a plugin already did survives; and DEL re-injects the `runtimeConfig` cached at ADD
-(libcni re-sends capability args on DEL; without them portmap cannot find its rules).
+(libcni re-sends capability args on DEL; without them portmap cannot find its rules). The cache
+entry is written once before the first plugin runs, so that holds after a crash mid-ADD too.
 """
 
 from __future__ import annotations
@@ -206,26 +207,50 @@ class Runtime:
     # -- list operations ----------------------------------------------------------------------
 
     def add_list(self, conflist: ConfList, att: Attachment) -> dict[str, Any] | None:
-        """ADD every plugin in order; on failure, DEL what ran, then raise CNIFailure."""
+        """ADD every plugin in order; on failure, DEL what ran, then raise CNIFailure.
+
+        A pending cache entry (no result yet, but the runtimeConfig) is written before the first
+        plugin runs, so that a DEL after a crash mid-ADD still tells portmap-like plugins what
+        to remove.
+        """
         validate_names(conflist, att)
+        self._cache_set(conflist, att, None)
         prev: dict[str, Any] | None = None
-        for i, plugin in enumerate(conflist.plugins):
-            conf = self._inject(conflist, plugin, prev, att.extra)
-            try:
-                prev = self._invoke("ADD", conf, att)
-            except CNIFailure as e:
-                self._rollback(conflist, att, i, prev)
-                raise CNIFailure(f'plugin type="{plugin["type"]}" failed (add): {e}') from None
-            except BaseException:  # terminated mid-plugin: that plugin and the earlier ones
-                self._rollback(conflist, att, i, prev)
-                raise
         try:
-            self._cache_write(conflist, att, prev)
+            for i, plugin in enumerate(conflist.plugins):
+                conf = self._inject(conflist, plugin, prev, att.extra)
+                try:
+                    prev = self._invoke("ADD", conf, att)
+                except CNIFailure as e:
+                    self._rollback(conflist, att, i, prev)
+                    raise CNIFailure(f'plugin type="{plugin["type"]}" failed (add): {e}') \
+                        from None
+                except BaseException:  # terminated mid-plugin: that plugin and the earlier ones
+                    self._rollback(conflist, att, i, prev)
+                    raise
+            try:
+                self._cache_set(conflist, att, prev)
+            except CNIFailure:
+                self._rollback(conflist, att, len(conflist.plugins) - 1, prev)
+                raise
+        except BaseException:
+            self._cache_remove_quietly(conflist, att)
+            raise
+        return prev
+
+    def _cache_set(self, conflist: ConfList, att: Attachment,
+                   result: dict[str, Any] | None) -> None:
+        try:
+            self._cache_write(conflist, att, result)
         except OSError as e:
-            self._rollback(conflist, att, len(conflist.plugins) - 1, prev)
             raise CNIFailure(f'failed to set network "{conflist.name}" cached result: '
                              f"{_strerror(e)}") from None
-        return prev
+
+    def _cache_remove_quietly(self, conflist: ConfList, att: Attachment) -> None:
+        try:
+            self._cache_remove(conflist, att)
+        except CNIFailure:
+            pass
 
     def del_list(self, conflist: ConfList, att: Attachment) -> None:
         """DEL every plugin in reverse with the cached result; the cache entry goes afterwards."""

@@ -170,15 +170,15 @@ def test_proxy_redirect_rules_in_the_container(warm: GardenCell, container: Any)
 SLOW = _RECORD + """
 import time
 if os.environ["CNI_COMMAND"] == "ADD":
-    open(conf["record"] + ".started", "w").close()
+    with open(conf["record"] + ".started", "w") as f:
+        f.write(str(os.getpid()))
     time.sleep(120)
 """
 
 
-def test_terminated_while_a_plugin_runs(warm: GardenCell, container: Any) -> None:
-    """Garden gives up on a hung plugin and sends SIGTERM: `up` still undoes everything."""
+def _start_slow_up(warm: GardenCell, c: str) -> tuple[Any, Path]:
+    """`up` of h1 through a chain ending in the slow plugin; returns once that plugin runs."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -186,8 +186,6 @@ def test_terminated_while_a_plugin_runs(warm: GardenCell, container: Any) -> Non
     record = warm.root / "slow.calls"
     warm.add_script_plugin("slow", SLOW)
     warm.write_conflist(warm.debian_chain(extra=[{"type": "slow", "record": str(record)}]))
-    c = container("c")
-    before = warm.snapshot((c,))
     fd = os.open(netns.path(c), os.O_RDONLY)
     try:
         proc = subprocess.Popen(
@@ -201,15 +199,45 @@ def test_terminated_while_a_plugin_runs(warm: GardenCell, container: Any) -> Non
     proc.stdin.write(json.dumps({"Pid": 0, "netin": [{"host_port": 0, "container_port": 1}]})
                      .encode())
     proc.stdin.close()
+    proc.stdin = None
     started = Path(str(record) + ".started")
     deadline = time.monotonic() + 60
-    while not started.exists():
+    while not (started.exists() and started.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
+    return proc, record
+
+
+def test_terminated_while_a_plugin_runs(warm: GardenCell, container: Any) -> None:
+    """Garden gives up on a hung plugin and sends SIGTERM: `up` still undoes everything."""
+    import signal
+
+    c = container("c")
+    before = warm.snapshot((c,))
+    proc, record = _start_slow_up(warm, c)
     proc.send_signal(signal.SIGTERM)
-    proc.stdin = None  # written and closed above
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out) == (1, b"")
     assert err.decode().splitlines()[-1] == "cfnetworking: terminated by signal 15"
+    assert _calls(record) == ["ADD", "DEL"]
+    assert warm.snapshot((c,)) == before
+
+
+def test_killed_mid_up_then_down_cleans_up(warm: GardenCell, container: Any) -> None:
+    """SIGKILL leaves no chance to unwind: the next `down` (Garden's) must clean up, including
+    portmap's rules, which it finds through the pending cache entry written before ADD."""
+    import os
+    import signal
+
+    c = container("c")
+    before = warm.snapshot((c,))
+    proc, record = _start_slow_up(warm, c)
+    proc.kill()
+    proc.communicate(timeout=60)
+    os.kill(int(Path(str(record) + ".started").read_text()), signal.SIGKILL)  # the orphan
+    assert warm.acquired_ports() == {"h1": [61000]}
+    assert "CNI-DN-" in warm.snapshot()["ruleset"]  # portmap had done its part
+    res = warm.down("h1")
+    assert res.rc == 0, res.stderr
     assert _calls(record) == ["ADD", "DEL"]
     assert warm.snapshot((c,)) == before
