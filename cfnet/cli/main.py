@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cni": ("cfnet.cli.cni", "CNI plugins (silk, wrapper) as a container runtime calls them."),
     "garden-hook": ("cfnet.cli.garden_hook", "Set up or tear down a container's network for Garden."),
     "vxlan-agent": ("cfnet.cli.vxlan_agent", "Enforce policies and egress rules on a cell."),
+    "iptables-logger": ("cfnet.cli.iptables_logger",
+                        "Turn kernel packet-log lines into JSON with app, space and org ids."),
     "lab": ("cfnet.cli.lab", "The whole system on one Linux box, in network namespaces."),
 }
 
