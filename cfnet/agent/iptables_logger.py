@@ -1,4 +1,4 @@
-"""`cfnet iptables-logger`: packet-log lines from the kernel log as enriched JSON (spec dataplane 6.1).
+"""`cfnet iptables-logger`: kernel packet-log lines as enriched JSON (spec dataplane 6.1).
 
 nftables' `log prefix` writes the same `IN= OUT= MAC= SRC= ... MARK=` lines as iptables' LOG
 target, and cfnet keeps upstream's `OK_`/`DENY_` prefixes (c2c-log, netout log chains, overlay

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(add_completion=False,
-                  help="Turn kernel packet-log lines into JSON enriched with app, space and org ids.")
+                  help="Turn kernel packet-log lines into JSON with app, space and org ids.")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`cfnet iptables-logger`: parsing, enrichment, following a rotated kernel log, reopening output."""
+"""`cfnet iptables-logger`: parsing, enrichment, a rotated kernel log, a reopened output."""
 
 from __future__ import annotations
 
