@@ -91,9 +91,16 @@ def _resolve(command: Command, path: list[str],
     while i < len(tokens):
         token = tokens[i]
         if token.startswith("...") or token.startswith("…"):
-            return [(path, command)]
+            if _is_group(command):  # any subcommand
+                return [(path, command)]
+            i += 1  # "more of the same" in a synopsis
+            continue
         if token.startswith("-") and token != "-":
             name = token.split("=", 1)[0]
+            if path == ["garden-hook"]:  # Garden's Go-style flags, parsed by the fast path
+                _check_garden_flag(name)
+                i += 1 if "=" in token else 2
+                continue
             if name not in _option_names(command):
                 raise UnknownCommand(f"`{where}` has no option {name}")
             if "=" not in token and _takes_value(command, name):
@@ -115,6 +122,19 @@ def _resolve(command: Command, path: list[str],
                 raise UnknownCommand(f"`cfnet cni` has no plugin {token!r}")
         i += 1
     return [(path, command)]
+
+
+def _check_garden_flag(name: str) -> None:
+    """`cfnet garden-hook --configFile=F --action up --handle H` (what Guardian runs) never
+    reaches typer: cfnet.garden.entry parses Go flags. Ask that parser."""
+    from cfnet.garden.entry import UsageError, parse_flags
+
+    if name == "--help":
+        return
+    try:
+        parse_flags([f"{name}=x"])
+    except UsageError as e:
+        raise UnknownCommand(f"`cfnet garden-hook` has no flag {name}: {e}") from None
 
 
 def command_help_ok(path: list[str]) -> tuple[bool, str]:

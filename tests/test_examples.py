@@ -72,6 +72,12 @@ def _silk_daemon(p: Path) -> Any:
     return load_daemon_config(p)
 
 
+def _vxlan_agent(p: Path) -> Any:
+    from cfnet.agent.config import load_agent_config
+
+    return load_agent_config(p)
+
+
 def _cni_conflist(p: Path) -> Any:
     """The list as garden-hook's libcni reads it, and each plugin's config as that plugin parses
     it (with the `name` and `cniVersion` a runtime injects)."""
@@ -91,7 +97,11 @@ def _plugin_config(conflist: Any, plugin: dict[str, Any]) -> Any:
         assert plugin["type"] in THIRD_PARTY_PLUGINS, f"unknown CNI plugin type {plugin['type']!r}"
         return plugin
     conf = {**plugin, "name": conflist.name, "cniVersion": conflist.cni_version}
-    parsers: dict[str, Callable[[dict[str, Any]], Any]] = {"silk": SilkConfig.from_conf}
+    from cfnet.cni.bandwidth import parse_limits
+    from cfnet.cni.wrapper_config import load as load_wrapper
+
+    parsers: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "silk": SilkConfig.from_conf, "wrapper": load_wrapper, "bandwidth": parse_limits}
     assert alias[1] in parsers, f"no config parser known for cfnet cni {alias[1]}: add it here"
     return parsers[alias[1]](conf)
 
@@ -103,7 +113,7 @@ def _garden_adapter(p: Path) -> Any:
 
 
 # The reference plugins (Debian's containernetworking-plugins) an example chain may exec.
-THIRD_PARTY_PLUGINS = {"bridge", "host-local", "portmap", "bandwidth", "loopback", "ptp",
+THIRD_PARTY_PLUGINS = {"bridge", "host-local", "portmap", "loopback", "ptp",
                        "macvlan", "ipvlan", "tuning", "firewall", "static", "dhcp", "vlan"}
 
 
@@ -124,6 +134,8 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "silk-controller/silk-controller-postgres.json": _silk_controller,
     "silk-daemon/silk-daemon.json": _silk_daemon,
     "silk-daemon/silk-daemon.toml": _silk_daemon,
+    "vxlan-agent/vxlan-agent.json": _vxlan_agent,
+    "vxlan-agent/vxlan-agent.toml": _vxlan_agent,
     "cni/silk.conflist": _cni_conflist,
 }
 # Examples of roles documented by their own authors (garden-hook): claimed by pattern, so that
@@ -204,6 +216,23 @@ def test_cni_config_points_at_the_daemon_of_its_cell() -> None:
     assert conflist.cni_version == "1.0.0"
 
 
+def test_agent_agrees_with_the_control_plane_and_the_wrapper() -> None:
+    agent = load("vxlan-agent/vxlan-agent.json")
+    serve = load("policy-server.json")
+    controller = load("silk-controller/silk-controller.json")
+    daemon = load("silk-daemon/silk-daemon.json")
+    url = urlsplit(agent.policy_server_url)
+    assert url.scheme == "https" and url.port == serve.internal.internal_listen_port
+    assert url.hostname == urlsplit(daemon.connectivity_server_url).hostname
+    assert agent.overlay_network == controller.network
+    assert agent.underlay_ips == [daemon.underlay_ip]
+    assert agent.ca_cert_file == serve.internal.ca_cert_file
+    _, (wrapper, _bandwidth) = load("cni/cni-wrapper.conflist")
+    assert wrapper.policy_agent_force_poll_address == (
+        f"{agent.force_policy_poll_cycle_host}:{agent.force_policy_poll_cycle_port}")
+    assert wrapper.vtep_name == agent.vtep_name == daemon.vtep_name
+
+
 def test_cni_type_is_a_plugin_cfnet_runs() -> None:
     from cfnet.cli.main import ARGV0_ALIASES
     from cfnet.cni.entry import PLUGINS
@@ -251,7 +280,7 @@ def exec_start(path: Path) -> list[str]:
 
 def test_there_is_a_unit_for_every_long_running_role() -> None:
     commands = {exec_start(p)[1] for p in UNITS}
-    assert commands == {"policy-server", "silk-controller", "silk-daemon"}
+    assert commands == {"policy-server", "silk-controller", "silk-daemon", "vxlan-agent"}
 
 
 @pytest.mark.parametrize("unit_path", UNITS, ids=lambda p: p.name)
@@ -283,8 +312,12 @@ def test_unit_settings(unit_path: Path) -> None:
     elif argv[1] == "silk-controller":
         database_path = loaded.database.path
         assert caps == set() and unit_value(unit, "User") == "cfnet"
-    else:
+    elif argv[1] == "silk-daemon":
         database_path = loaded.datastore
+        assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    else:
+        assert Path(loaded.iptables_lock_file).parent == state
+        database_path = str(Path(loaded.cni_datastore_path).parent)
         assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
     assert Path(database_path).parent == state
 
