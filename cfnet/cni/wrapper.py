@@ -304,8 +304,9 @@ class WrapperPlugin:
 
     def delete(self, conf: dict[str, Any], args: CmdArgs) -> None:
         """Spec 3.4, reordered: nft state first (by handle), then the datastore entry, then the
-        delegate (which frees the IP), then the agent's ASG cleanup. Best effort and idempotent;
-        only a failure to remove the nft state fails DEL (the runtime retries it)."""
+        delegate (which frees the IP), then a c2c cycle and the ASG cleanup on the agent. Best
+        effort and idempotent; only a failure to remove the nft state fails DEL (the runtime
+        retries it)."""
         cfg = load(conf)
         handle = self._handle(args)
         prepare_lock_file(cfg)
@@ -325,6 +326,14 @@ class WrapperPlugin:
         except Exception as e:
             self._log("error", "delegate-delete", container=handle, error=str(e))
         agent = AgentClient(cfg.policy_agent_force_poll_address, cfg.policy_agent_timeout)
+        # A c2c cycle now drops the container's IP from the agent's allow set and source map
+        # (upstream leaves them until some later cycle, Q4). Best effort, like the ASG cleanup.
+        try:
+            if not agent.force_policy_poll():
+                self._log("info", "policy-agent-unreachable", container=handle,
+                          address=cfg.policy_agent_force_poll_address)
+        except CNIError as e:
+            self._log("info", "policy-poll", container=handle, error=e.msg)
         problem = agent.cleanup_orphaned_asgs(handle)
         if problem:
             self._log("info", "asg-cleanup", container=handle, error=problem)
