@@ -138,9 +138,9 @@ def test_fifty_concurrent_up_down_pairs(garden_cell: GardenCell, container) -> N
     assert [d.stderr for d in downs if d.rc != 0] == []
     assert cell.snapshot() == before
 
-    # Then interleaved pairs: each up followed by its down, eight at a time.
+    # Then interleaved pairs (ups racing downs of others), eight at a time.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(pair, range(50)))
+        results = list(pool.map(pair, range(20)))
     assert [r for r in results if r[1] != 0] == []
     assert cell.snapshot() == before
 
