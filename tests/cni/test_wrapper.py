@@ -437,3 +437,23 @@ def test_concurrent_adds_and_dels_leave_nothing_behind(e: Env) -> None:
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda h: e.delete(h, spaces[h]), handles))
     assert e.snapshot() == before
+
+
+def test_deny_networks_and_outbound_connection_limit(e: Env) -> None:
+    """Static rules, spec 2.4 order: deny networks win over an allow-everything rule, and new
+    TCP connections beyond the burst are rejected by the per-destination rate limit."""
+    ns = e.container_ns("dn")
+    allow_all = [{"protocol": 0, "networks": [{"start": "0.0.0.0", "end": "255.255.255.255"}]}]
+    e.add("dn", ns, net_out_rules=allow_all,
+          deny_networks={"always": [], "running": [f"{INTERNET_IP2}/32"], "staging": []},
+          outbound_connections={"limit": True, "logging": False, "burst": 2, "rate_per_sec": 1,
+                                "dry_run": False})
+    ip1 = e.internet.ip
+    got = e.connect(ns, f"{ip1}:8080", f"{INTERNET_IP2}:80")
+    assert got[f"{ip1}:8080"][0] == "ok"
+    assert got[f"{INTERNET_IP2}:80"][0] == "refused"  # denied network of a running app
+    # Six new connections to one destination in one quick burst: the first two pass (burst 2),
+    # later ones are over 1/second and rejected.
+    outcomes = e.connect_each(ns, *[f"{ip1}:80"] * 6)
+    assert outcomes[:2] == ["ok", "ok"] and "refused" in outcomes[2:]
+    e.delete("dn", ns)

@@ -214,6 +214,11 @@ class Env:
             result[target] = (outcome, said)
         return result
 
+    def connect_each(self, ns: str, *targets: str) -> list[str]:
+        """The outcome of each connection attempt, in order (targets may repeat)."""
+        out = netns.run(ns, [sys.executable, "-c", CLIENT, *targets]).stdout
+        return [line.split(None, 2)[1] for line in out.splitlines()]
+
     def responder(self, ns: str, host: str, *ports: int) -> None:
         proc = netns.spawn(ns, [sys.executable, "-c", RESPONDER, host, *map(str, ports)])
         self.procs.append(proc)
