@@ -484,16 +484,15 @@ def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence
     known = current.state
     want_exact, want_ranges = split_allow(desired.allow)
     lines.append(f"add set {T} {EXACT_SET} {{ {EXACT_TYPE} }}")
-    if known is not None and live is not None:  # hash set: a diff is always cheap
-        had_exact, had_ranges = split_allow(known.allow)
-        gone = sorted(set(had_exact) - set(want_exact))
+    had_exact, had_ranges = split_allow(known.allow) if known is not None else ([], [])
+    gone = sorted(set(had_exact) - set(want_exact))
+    if known is not None and live is not None and len(gone) <= len(want_exact) // 2:
         lines += element_commands("add", EXACT_SET, gone)  # add-then-delete: fine if gone
         lines += element_commands("delete", EXACT_SET, gone)
         lines += element_commands("add", EXACT_SET, sorted(set(want_exact) - set(had_exact)))
-    else:
+    else:  # a hash set is cheap to flush and refill
         lines.append(f"flush set {T} {EXACT_SET}")
         lines += element_commands("add", EXACT_SET, want_exact)
-        had_ranges = []
     deletes = sorted(set(had_ranges) - set(want_ranges)) if known is not None else []
     if live is not None and known is not None and len(deletes) <= DIFF_MAX_DELETES:
         target = live
