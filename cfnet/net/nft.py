@@ -37,7 +37,10 @@ class NftError(CfnetError):
         self.message = message
         self.line = line
         self.script = script
-        super().__init__(f"nft: {message}" + (f" (in: {line.strip()})" if line else ""))
+        shown = line.strip() if line else ""
+        if len(shown) > 200:  # element lists make long lines; the start names the command
+            shown = shown[:200] + "..."
+        super().__init__(f"nft: {message}" + (f" (in: {shown})" if shown else ""))
 
 
 def _parse_error(err: str, script: str | None) -> NftError:
