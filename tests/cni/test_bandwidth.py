@@ -226,3 +226,24 @@ def test_runtime_symlinks_run_the_plugins(tmp_path: Any, alias: str, name: str) 
     version = subprocess.run([str(link)], capture_output=True, text=True, timeout=30,
                              env={**env, "CNI_COMMAND": "VERSION"})
     assert json.loads(version.stdout)["supportedVersions"] == ["0.4.0", "1.0.0", "1.1.0"]
+
+
+@pytest.mark.privileged
+def test_a_failure_half_way_removes_what_the_call_made(e: Env) -> None:
+    """The host veth already has an ingress qdisc (someone else's): the egress half fails after
+    the ingress tbf and the IFB were made, and both are removed again."""
+    ns = e.container_ns("bw4")
+    run = e.cni("wrapper", "ADD", "bw4", ns, wrapper_conf(e, "bw4"))
+    assert run.code == 0, run.stdout + run.stderr
+    prev = run.out
+    host_if = prev["interfaces"][0]["name"]  # type: ignore[index]
+    netns.run(e.cell.ns, ["tc", "qdisc", "add", "dev", host_if, "ingress"])
+    ifbs_before = ifbs(e.cell.ns)
+    limits = {"ingressRate": RATE, "ingressBurst": BURST, "egressRate": RATE, "egressBurst": BURST}
+    bw = e.cni("bandwidth", "ADD", "bw4", ns, bw_conf(prev, **limits))
+    assert bw.code == 1 and bw.out is not None
+    assert bw.out["msg"].startswith("bandwidth: ")
+    assert qdiscs(e.cell.ns, host_if) == ["ingress"]  # only the one that was there before
+    assert ifbs(e.cell.ns) == ifbs_before
+    netns.run(e.cell.ns, ["tc", "qdisc", "del", "dev", host_if, "ingress"])
+    e.delete("bw4", ns)

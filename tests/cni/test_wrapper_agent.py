@@ -86,3 +86,28 @@ def test_dynamic_asgs_and_c2c_with_the_real_agent(env: tuple[Env, Any, Any]) -> 
         write_asgs(ps, [])
         for name in names.values():
             netns.remove(name)
+
+
+def test_agent_in_static_mode_answers_405_and_the_wrapper_writes_the_rules(
+        env: tuple[Env, Any, Any]) -> None:
+    e, ps, agent = env
+    inet = e.internet.ip
+    agent.stop()
+    agent.write_config(enable_asg_syncing=False)
+    agent.start()
+    ns = e.container_ns("st")
+    try:
+        static = [{"protocol": 1, "networks": [{"start": inet}], "ports": [{"start": 80}]}]
+        run = e.cni("wrapper", "ADD", "st", ns, e.wrapper_conf("st", net_out_rules=static))
+        assert run.code == 0, run.stdout + run.stderr
+        assert '"agent":true' in run.stderr  # the agent answered: 200 to the poll, 405 to ASGs
+        got = e.connect(ns, f"{inet}:80", f"{inet}:8080")
+        assert got[f"{inet}:80"] == ("ok", e.cell.underlay_ip)
+        assert got[f"{inet}:8080"][0] == "refused"
+        e.delete("st", ns)
+        assert "netout-st" not in e.table()
+    finally:
+        agent.stop()
+        agent.write_config(enable_asg_syncing=True)
+        agent.start()
+        netns.remove(ns)
