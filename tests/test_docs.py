@@ -2,8 +2,8 @@
 
 Checked in README.md and docs/*.md:
 - every relative link points to an existing file (and an existing heading, for `page.md#anchor`);
-- every `cfnet ...` command line in a code block (and every inline code span starting with
-  `cfnet `) names existing commands and options, resolved on the real typer/click tree, and
+- every `cfnet ...` command line in a code block, fenced or indented (and every inline code span
+  starting with `cfnet `) names existing commands and options, resolved on the real typer/click tree, and
   `cfnet <command> --help` exits 0. A doc quoting a command another engineer has not committed
   yet fails here, on purpose;
 - every `tests/<file>.py::<test>` a doc names exists;
@@ -147,7 +147,16 @@ def quoted_commands(doc: Path) -> list[list[str]]:
                 args = cfnet_args(words)
                 if args is not None:
                     found.append(args)
-    for m in INLINE_CODE.finditer(prose(text)):
+    outside = prose(text)
+    # indented code blocks (four spaces or a tab): only lines that run cfnet, to stay clear of
+    # indented list continuations
+    indented = [line for line in outside.splitlines() if re.match(r"^( {4,}|\t)\S", line)]
+    for line in _logical_lines("\n".join(indented)):
+        for words in _segments(line):
+            args = cfnet_args(words)
+            if args is not None:
+                found.append(args)
+    for m in INLINE_CODE.finditer(outside):
         words = m.group(2).split()
         if words and words[0] == "cfnet":
             found.append(words[1:])
