@@ -242,7 +242,7 @@ class WrapperPlugin:
             static_rules=static,
             c2c_logging=cfg.iptables_c2c_logging,
             denied_logs_per_sec=cfg.iptables_denied_logs_per_sec, underlay_ifs=underlay,
-            host_services=self._host_services(cfg))
+            host_services=self._host_services(cfg), ingress_mark=cfg.ingress_mark)
         try:
             with cell_lock(cfg.iptables_lock_file), Nft() as nft:
                 current = ct.list_cell(nft)

@@ -147,6 +147,7 @@ class ContainerNet:
     denied_logs_per_sec: int = 1
     underlay_ifs: list[str] = field(default_factory=list)
     host_services: list[tuple[str, str, int]] = field(default_factory=list)  # (ip, tcp|udp, port)
+    ingress_mark: int = INGRESS_MARK  # the wrapper's `ingress_tag`, accepted by overlay-<handle>
 
 
 def overlay_rules(handle: str, c2c_logging: bool = False, denied_logs_per_sec: int = 1,
@@ -194,7 +195,8 @@ def container_add_lines(c: ContainerNet, current: TableState | None = None) -> l
         out += _chain_contents(netout_rl_log_chain(h), c.egress.rl_log)
     netout = c.egress.netout if c.static_rules else c.egress.defaults
     out += _chain_contents(netout_chain(h), netout)
-    out += _chain_contents(overlay_chain(h), overlay_rules(h, c.c2c_logging, c.denied_logs_per_sec))
+    out += _chain_contents(overlay_chain(h), overlay_rules(h, c.c2c_logging, c.denied_logs_per_sec,
+                                                          c.ingress_mark))
     out.append(f"add element {T} netout_v {{ {ip} : {nx.jump(netout_chain(h))} }}")
     out.append(f"add element {T} overlay_v {{ {ip} : {nx.jump(overlay_chain(h))} }}")
     if c.port_mappings:
