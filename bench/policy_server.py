@@ -314,7 +314,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> Result
                 "enable_tls": True, "server_cert_file": str(bundle.server.cert),
                 "server_key_file": str(bundle.server.key)}) as ps:
             rss_start, _ = rss_kib(ps.pid)
-            series, create, per_fetch = measure(ps, db_cfg, apps, taken, rng, args)
+            try:
+                series, create, per_fetch = measure(ps, db_cfg, apps, taken, rng, args)
+            except SystemExit:
+                for line in ps.log_lines():
+                    if line.get("level") in ("error", "fatal"):
+                        print(f"  server log: {line.get('message')} {line.get('data')}")
+                raise
             rss_end, rss_peak = rss_kib(ps.pid)
     return Result(backend, load_s, len(policies), rss_start, rss_end, rss_peak, series, create,
                   args.create_batch, per_fetch)
@@ -347,11 +353,19 @@ def report(r: Result) -> list[str]:
         out.append(row)
     c = r.create
     rate = r.create_batch * len(c.times) / sum(c.times)
-    verdict = "meets" if fetch.p(99) <= 5 * h99 else "MISSES"
+    if fetch.p(99) > 5 * h99:
+        verdict = "MISSES"
+    elif fetch.p(50) > 5 * h50 or fetch.cpu_server > 5 * health.cpu_server:
+        # A loaded machine inflates the anchor's tail far more than its median.
+        verdict = "meets, but only at p99 (p50 and CPU ratios are over 5x), so not really,"
+    else:
+        verdict = "meets"
     out += ["",
             f"- fetch p99 / health p99 = {fetch.p(99) / h99:.2f}x: {verdict} the 5x target "
             f"(p50: {fetch.p(50) / h50:.2f}x; against the mTLS anchor p50: "
-            f"{fetch.p(50) / mtls.p(50):.2f}x)",
+            f"{fetch.p(50) / mtls.p(50):.2f}x; server CPU: "
+            f"{fetch.cpu_server / health.cpu_server:.1f}x"
+            + (f", plus PostgreSQL {ms(fetch.cpu_db)} per fetch)" if pg else ")"),
             f"- create through the external API: {rate:,.0f} policies/s "
             f"({len(c.times)} batches of {r.create_batch}, one at a time)",
             f"- store load: {r.stored / r.load_s:,.0f} policies/s (PolicyStore.create, "
