@@ -457,3 +457,21 @@ def test_deny_networks_and_outbound_connection_limit(e: Env) -> None:
     outcomes = e.connect_each(ns, *[f"{ip1}:80"] * 6)
     assert outcomes[:2] == ["ok", "ok"] and "refused" in outcomes[2:]
     e.delete("dn", ns)
+
+
+def test_owner_and_group_of_lock_and_datastore_files(e: Env) -> None:
+    import os
+    import pwd
+
+    ns = e.container_ns("own")
+    conf = {"datastore_file_owner": "nobody", "datastore_file_group": "nogroup"}
+    e.add("own", ns, **conf)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    lock = Path(e.wrapper_conf("own")["iptables_lock_file"])
+    files = (lock, e.datastore, Path(f"{e.datastore}_version"), Path(f"{e.datastore}_lock"))
+    for path in files:
+        assert os.stat(path).st_uid == nobody, path
+    assert oct(os.stat(lock).st_mode & 0o777) == "0o600"
+    e.delete("own", ns, **conf)
+    for path in files:
+        os.chown(path, 0, 0)
