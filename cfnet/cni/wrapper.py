@@ -179,7 +179,8 @@ class WrapperPlugin:
                 result = delegate.call("ADD", cfg.delegate, args, self.log)
             except CNIError as e:
                 raise CNIError(e.code, f"delegate call: {e.msg}", e.details) from None
-            assert result is not None
+            if result is None:
+                raise CNIError(Code.INTERNAL, "delegate call: no result")
             undo.append("delegate")
             ip = container_ip(result)
 
@@ -307,7 +308,7 @@ class WrapperPlugin:
         delegate (which frees the IP), then a c2c cycle and the ASG cleanup on the agent. Best
         effort and idempotent; only a failure to remove the nft state fails DEL (the runtime
         retries it)."""
-        cfg = load(conf)
+        cfg = load(conf, runtime=False)
         handle = self._handle(args)
         prepare_lock_file(cfg)
         nft_error = None
@@ -350,7 +351,7 @@ class WrapperPlugin:
         from cfnet.net import cell_table as ct
         from cfnet.net.nft import Nft
 
-        cfg = load(conf)
+        cfg = load(conf, runtime=False)
         handle = self._handle(args)
         sub = dict(cfg.delegate)
         if conf.get("prevResult"):
@@ -375,7 +376,7 @@ class WrapperPlugin:
         from cfnet.net import cell_table as ct
         from cfnet.net.nft import Nft
 
-        cfg = load(conf)
+        cfg = load(conf, runtime=False)
         raw = conf.get(VALID_ATTACHMENTS)
         if not isinstance(raw, list):
             raise CNIError(Code.INVALID_CONFIG,
@@ -412,5 +413,5 @@ class WrapperPlugin:
             raise CNIError(Code.INTERNAL, "gc incomplete", "; ".join(errors))
 
     def status(self, conf: dict[str, Any], args: CmdArgs) -> None:
-        cfg = load(conf)
+        cfg = load(conf, runtime=False)
         delegate.call("STATUS", {**cfg.delegate, "cniVersion": cfg.cni_version}, args, self.log)

@@ -202,8 +202,10 @@ def parse_netout_rules(raw: Any) -> list[EgressRule]:
     return out
 
 
-def load(conf: dict[str, Any]) -> WrapperConfig:
-    """The wrapper config from the plugin's conflist entry; CNIError code 7 on any bad value."""
+def load(conf: dict[str, Any], runtime: bool = True) -> WrapperConfig:
+    """The wrapper config from the plugin's conflist entry; CNIError code 7 on any bad value.
+    `runtime=False` (DEL, GC, ...) skips `runtimeConfig`, which only ADD uses: a DEL after an
+    ADD that failed on a bad netOutRules entry must still succeed."""
     def required(key: str, msg: str) -> str:
         value = _get(conf, key, str, "")
         if not value:
@@ -265,8 +267,8 @@ def load(conf: dict[str, Any]) -> WrapperConfig:
         raise _bad("loading wrapper config: key 'policy_agent_timeout_seconds' must be a "
                    "positive number")
 
-    runtime = _get(conf, "runtimeConfig", dict, {})
-    metadata = _get(conf, "metadata", dict, {})
+    runtime_config = _get(conf, "runtimeConfig", dict, {}) if runtime else {}
+    metadata = _get(conf, "metadata", dict, {}) if runtime else {}
     return WrapperConfig(
         name=str(conf.get("name", "")),
         cni_version=str(conf.get("cniVersion", "")),
@@ -292,7 +294,7 @@ def load(conf: dict[str, Any]) -> WrapperConfig:
         vtep_name=vtep,
         outbound=outbound,
         policy_agent_timeout=float(timeout),
-        port_mappings=_port_mappings(runtime),
-        netout_rules=parse_netout_rules(runtime.get("netOutRules")),
+        port_mappings=_port_mappings(runtime_config),
+        netout_rules=parse_netout_rules(runtime_config.get("netOutRules")),
         metadata=dict(metadata),
     )

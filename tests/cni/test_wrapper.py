@@ -176,6 +176,10 @@ def test_bad_netout_rule_is_error_7_naming_the_entry_and_changes_nothing(
     assert "runtimeConfig.netOutRules" in run.out["msg"] and "egress rule 1" in run.out["msg"]
     assert names in run.out["msg"]
     assert e.snapshot() == before
+    # Garden calls down after a failed up, with the same config: DEL must still succeed.
+    run = e.cni("wrapper", "DEL", "bad", ns, e.wrapper_conf("bad", net_out_rules=rules))
+    assert (run.code, run.stdout) == (0, ""), run.stdout
+    assert e.snapshot() == before
 
 
 def test_config_errors_use_upstream_texts(e: Env) -> None:

@@ -145,3 +145,12 @@ def test_the_example_conflist_loads() -> None:
     cfg = load({**wrapper, **injected})
     assert cfg.delegate_type == "silk-cni" and cfg.dns_servers == ["169.254.0.2"]
     assert not parse_limits({**bandwidth, **injected}).zero
+
+
+def test_del_ignores_runtime_config() -> None:
+    bad = conf(runtimeConfig={"netOutRules": [{"protocol": "tcp", "destination": "x"}],
+                              "portMappings": [{"host_port": 0}]}, metadata=[])
+    with pytest.raises(CNIError):
+        load(bad)
+    cfg = load(bad, runtime=False)
+    assert cfg.netout_rules == [] and cfg.port_mappings == [] and cfg.metadata == {}
