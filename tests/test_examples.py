@@ -78,6 +78,13 @@ def _vxlan_agent(p: Path) -> Any:
     return load_agent_config(p)
 
 
+def _iptables_logger(p: Path) -> Any:
+    from cfnet.agent.iptables_logger import LoggerConfig
+    from cfnet.core.config import load_config
+
+    return load_config(p, LoggerConfig)
+
+
 def _cni_conflist(p: Path) -> Any:
     """The list as garden-hook's libcni reads it, and each plugin's config as that plugin parses
     it (with the `name` and `cniVersion` a runtime injects)."""
@@ -136,6 +143,8 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "silk-daemon/silk-daemon.toml": _silk_daemon,
     "vxlan-agent/vxlan-agent.json": _vxlan_agent,
     "vxlan-agent/vxlan-agent.toml": _vxlan_agent,
+    "iptables-logger/iptables-logger.json": _iptables_logger,
+    "iptables-logger/iptables-logger.toml": _iptables_logger,
     "cni/silk.conflist": _cni_conflist,
 }
 # Examples of roles documented by their own authors (garden-hook): claimed by pattern, so that
@@ -231,6 +240,9 @@ def test_agent_agrees_with_the_control_plane_and_the_wrapper() -> None:
     assert wrapper.policy_agent_force_poll_address == (
         f"{agent.force_policy_poll_cycle_host}:{agent.force_policy_poll_cycle_port}")
     assert wrapper.vtep_name == agent.vtep_name == daemon.vtep_name
+    logger = load("iptables-logger/iptables-logger.json")
+    assert logger.container_metadata_file == agent.cni_datastore_path
+    assert logger.host_ip == daemon.underlay_ip
 
 
 def test_cni_type_is_a_plugin_cfnet_runs() -> None:
@@ -280,7 +292,8 @@ def exec_start(path: Path) -> list[str]:
 
 def test_there_is_a_unit_for_every_long_running_role() -> None:
     commands = {exec_start(p)[1] for p in UNITS}
-    assert commands == {"policy-server", "silk-controller", "silk-daemon", "vxlan-agent"}
+    assert commands == {"policy-server", "silk-controller", "silk-daemon", "vxlan-agent",
+                        "iptables-logger"}
 
 
 @pytest.mark.parametrize("unit_path", UNITS, ids=lambda p: p.name)
@@ -312,6 +325,11 @@ def test_unit_settings(unit_path: Path) -> None:
     elif argv[1] == "silk-controller":
         database_path = loaded.database.path
         assert caps == set() and unit_value(unit, "User") == "cfnet"
+    elif argv[1] == "iptables-logger":
+        logs = Path("/var/log") / unit_value(unit, "LogsDirectory")
+        assert Path(loaded.output_log_file).parent == logs
+        database_path = str(Path(loaded.container_metadata_file).parent)
+        assert caps == set() and unit_value(unit, "User") == "root"
     elif argv[1] == "silk-daemon":
         database_path = loaded.datastore
         assert caps == {"CAP_NET_ADMIN", "CAP_NET_RAW"}

@@ -229,3 +229,45 @@ def test_vxlan_agent_runs_with_only_the_units_capabilities(sandbox: Any, tmp_pat
                 assert agent.stop() == 0, agent.output()[-2000:]
         finally:
             ps.stop()
+
+
+@pytest.mark.privileged
+def test_iptables_logger_runs_with_no_capabilities(tmp_path: Path) -> None:
+    """cfnet-iptables-logger.service: uid 0 with an empty capability set reads the root-owned
+    kernel log (0640) and container-metadata store (0600) and writes its output."""
+    from cfnet.cni.datastore import Datastore
+
+    kern, out = tmp_path / "kern.log", tmp_path / "log" / "iptables.log"
+    kern.write_text("")
+    os.chmod(kern, 0o640)
+    store = Datastore(str(tmp_path / "store.json"))
+    store.add("handle-b", "10.255.2.2", {"app_id": "app-b", "space_id": "s", "org_id": "o"})
+    os.chmod(store.path, 0o600)
+    example = json.loads((EXAMPLES / "iptables-logger" / "iptables-logger.json").read_text())
+    config = tmp_path / "iptables-logger.json"
+    config.write_text(json.dumps({**example, "kernel_log_file": str(kern),
+                                  "container_metadata_file": store.path,
+                                  "output_log_file": str(out)}))
+    argv = unit_argv("cfnet-iptables-logger.service", config)
+    proc = subprocess.Popen(["setpriv", "--bounding-set", "-all", "--inh-caps", "-all",
+                             "--no-new-privs", *argv], stderr=subprocess.PIPE, text=True)
+    line = ("Dec  3 17:00:00 cell1 kernel: [ 812.345] OK_0001_app-b IN=silk-vtep "
+            "OUT=s-010255002002 SRC=10.255.1.2 DST=10.255.2.2 LEN=60 PROTO=TCP SPT=40000 "
+            "DPT=8080 SYN MARK=0x1\n")
+    try:
+        deadline = time.monotonic() + 30
+        while not (out.exists() and out.stat().st_size):  # it reads from the end: keep writing
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no output"
+            with kern.open("a") as f:
+                f.write(line)
+            time.sleep(0.1)
+        first = json.loads(out.read_text().splitlines()[0])
+        assert first["data"]["destination"]["app_guid"] == "app-b"
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        (eff,) = [l.split()[1] for l in status.splitlines() if l.startswith("CapEff:")]
+        assert int(eff, 16) == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
