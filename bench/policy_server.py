@@ -1,6 +1,6 @@
 """Benchmark: a real `cfnet policy-server` holding 100k policies over 20k apps, SQLite and PostgreSQL.
 
-    .venv/bin/python bench/policy_server.py [--rounds 300] [--backends sqlite,postgres]
+    .venv/bin/python bench/policy_server.py [--rounds 500] [--backends sqlite,postgres]
 
 For each backend: a scratch store (a file; a fresh PostgreSQL database created and dropped) is
 migrated and loaded through the store API (`PolicyStore.create`, batches of 10,000 in one
@@ -13,14 +13,15 @@ mutual TLS, and one client measures with kept-alive connections, one request at 
   `GET .../internal/policies_last_updated` on the mutual-TLS listener (one indexed read of one row
   through the same TLS, wrappers and store thread as the fetch);
 - fetch: `GET .../internal/policies?id=<100 app guids>`, a cell's 100 apps drawn at random from
-  the 20k each round (about 1,000 policies, about 150 KB of JSON per answer);
+  the 20k each round (about 960 policies, about 190 KiB of JSON per answer); 100 distinct
+  apps is the heavy case of a 100-container cell (instances of one app share a guid);
 - the three run interleaved, round after round, so that load from elsewhere on the machine hits
   them alike; a warm-up precedes the measured rounds;
 - create: batches of 100 new policies (between existing apps) through the external API as admin,
   one batch per request; policies per second and per-batch latency;
 - CPU per request: each kind again on its own (the anchors 3x as often as the fetch), reading
-  the server's utime+stime from /proc before and after, and on PostgreSQL also the CPU of the
-  server's database backends. CPU hardly moves when other work shares the machine, so these
+  the scheduler's nanosecond CPU counters of every server thread before and after
+  (/proc/PID/task/*/schedstat), and on PostgreSQL also those of the server's backends. CPU hardly moves when other work shares the machine, so these
   ratios are the steadier ones on a busy box; latency percentiles are not;
 - the server's RSS (VmRSS, peak VmHWM) before the first request and after everything.
 
