@@ -309,11 +309,13 @@ class WrapperPlugin:
         effort and idempotent; only a failure to remove the nft state fails DEL (the runtime
         retries it)."""
         cfg = load(conf, runtime=False)
-        handle = self._handle(args)
+        handle = args.container_id
         prepare_lock_file(cfg)
         nft_error = None
         try:
-            self._remove_nft(cfg, handle)
+            self._remove_nft(cfg, self._handle(args))
+        except CNIError:
+            pass  # a handle ADD refused (e.g. ending in -log) has no nft state to remove
         except Exception as e:
             nft_error = str(e)
             self._log("error", "net-out-cleanup", container=handle, error=nft_error)

@@ -114,6 +114,10 @@ def test_del_removes_exactly_one_container_twice_and_unknown(e: Env) -> None:
     e.delete("da", ns_a)  # twice
     e.delete("da", None)  # without a namespace
     e.delete("never-created", None)  # unknown container
+    refused = e.cni("wrapper", "ADD", "refused-by-add-log", ns_a,
+                    e.wrapper_conf("refused-by-add-log"))
+    assert refused.code == 1 and refused.out is not None and refused.out["code"] == 4
+    e.delete("refused-by-add-log", None)  # ...and DEL of that handle still succeeds
     assert e.snapshot() == with_b
     assert "netout-db" in e.table() and ip_b in e.table()
     # B still works after A is gone.
