@@ -2,10 +2,10 @@
 
 Checked in README.md and docs/*.md:
 - every relative link points to an existing file (and an existing heading, for `page.md#anchor`);
-- every `cfnet ...` command line in a code block, fenced or indented (and every inline code span
-  starting with `cfnet `) names existing commands and options, resolved on the real typer/click tree, and
-  `cfnet <command> --help` exits 0. A doc quoting a command another engineer has not committed
-  yet fails here, on purpose;
+- every `cfnet ...` command line in a code block, fenced or indented (and every inline code
+  span starting with `cfnet `) names existing commands and options, resolved on the real
+  typer/click tree, and `cfnet <command> --help` exits 0. A doc quoting a command another
+  engineer has not committed yet fails here, on purpose;
 - every `tests/<file>.py::<test>` a doc names exists;
 - docs/README.md indexes every page of docs/, and the operator guide links every example file.
 """

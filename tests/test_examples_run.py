@@ -1,4 +1,4 @@
-"""The operator guide's steps, run for real (without systemd): the example configs start their roles.
+"""The operator guide's steps, run for real (without systemd): example configs start their roles.
 
 Control plane: certificates from `cfnet certs generate` as the guide writes them, the example
 config with its /etc/cfnet and /var/lib/cfnet paths moved into a temporary directory, its ports
