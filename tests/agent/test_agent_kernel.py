@@ -147,6 +147,11 @@ def test_c2c_needs_a_policy_and_opens_exactly_its_ports_and_protocol(env: Env,
         assert ta.probe(src, dst.ip, *specs, timeout=0.5) == {
             "tcp:8080": "ok", "tcp:8081": "ok", "tcp:8082": "refused", "tcp:9000": "refused",
             "udp:8080": "refused", "udp:9000": "ok"}
+    # A container created now is reachable as soon as its creation returns: the forced cycle
+    # answered only once its allow elements were in place.
+    late = container(env, cleanup, "cell2", "t1-late", app_id="t1-b")
+    server(cleanup, late, "tcp:8080")
+    assert reach(src, late, "tcp:8080")
     # Policies have a direction: the destination app may not call the source back.
     server(cleanup, src, "tcp:8080")
     assert refused(remote, src, "tcp:8080")
