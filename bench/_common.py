@@ -1,4 +1,4 @@
-"""Small helpers shared by the benchmarks in bench/: percentiles, the machine, RSS, a scratch database.
+"""Small helpers shared by the benchmarks in bench/: percentiles, machine, RSS, CPU, scratch stores.
 
     from _common import machine, percentile, rss_kib, scratch_database   # with bench/ on sys.path
 
@@ -107,7 +107,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu_ns(pid: int) -> dict[int, int]:
-    """{thread id: nanoseconds on CPU} for every live thread of `pid` (/proc/PID/task/*/schedstat)."""
+    """{thread id: ns on CPU} for every live thread of `pid` (/proc/PID/task/*/schedstat)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:

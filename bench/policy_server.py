@@ -1,4 +1,4 @@
-"""Benchmark: a real `cfnet policy-server` holding 100k policies over 20k apps, SQLite and PostgreSQL.
+"""Benchmark: a real `cfnet policy-server` with 100k policies over 20k apps, SQLite and PostgreSQL.
 
     .venv/bin/python bench/policy_server.py [--rounds 500] [--backends sqlite,postgres]
 
@@ -21,8 +21,9 @@ mutual TLS, and one client measures with kept-alive connections, one request at 
   one batch per request; policies per second and per-batch latency;
 - CPU per request: each kind again on its own (the anchors 3x as often as the fetch), reading
   the scheduler's nanosecond CPU counters of every server thread before and after
-  (/proc/PID/task/*/schedstat), and on PostgreSQL also those of the server's backends. CPU hardly moves when other work shares the machine, so these
-  ratios are the steadier ones on a busy box; latency percentiles are not;
+  (/proc/PID/task/*/schedstat), and on PostgreSQL also those of the server's backends. CPU
+  hardly moves when other work shares the machine, so these ratios are the steadier ones on a
+  busy box; latency percentiles are not;
 - the server's RSS (VmRSS, peak VmHWM) before the first request and after everything.
 
 Latencies are client-side wall times of request + full response read (JSON not decoded). Each
@@ -71,7 +72,7 @@ def app_guids(rng: random.Random, n: int) -> list[str]:
 
 
 def random_policy(rng: random.Random, apps: list[str]) -> Policy:
-    """Source and destination drawn uniformly; mostly tcp on a common port, some ranges, some udp."""
+    """Source and destination drawn uniformly; mostly tcp on common ports, some ranges and udp."""
     src, dst = rng.sample(apps, 2)
     proto = "udp" if rng.random() < 0.1 else "tcp"
     start = rng.choice((8080, 8080, 8080, 443, 9000, rng.randint(1024, 65000)))
