@@ -95,6 +95,27 @@ def curl(source: str = typer.Argument(..., help="Source app."),
         raise typer.Exit(ExitCode.ERROR)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def policy(ctx: typer.Context, directory: Path = DirOption) -> None:
+    """`cfnet policy ...` against the lab's server, with lab app names for app guids.
+
+    Examples: `cfnet lab policy add frontend backend --port 8080`, `cfnet lab policy list`.
+    """
+    from cfnet.lab import apps, deploy
+
+    _require_root()
+    try:
+        state = deploy.require(directory)
+    except deploy.LabError as e:
+        _fail(e)
+    args = [apps.app_guid(state, a) if a in state.apps else a for a in ctx.args]
+    rc, out = apps.policy(state, *args)
+    for name, ids in state.apps.items():
+        out = out.replace(ids["app_id"], name)
+    (console if rc == 0 else err).print(out, highlight=False, markup=False)
+    raise typer.Exit(rc)
+
+
 @app.command()
 def status(directory: Path = DirOption) -> None:
     """Cells, subnets and containers of the running lab."""

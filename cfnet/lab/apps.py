@@ -1,45 +1,48 @@
-"""Apps in the lab: containers on cells, each running the lab responder.
+"""Apps in the lab: containers created by `cfnet garden-hook up`, exactly as Garden does it.
 
-A container is a network namespace (Garden would create it) wired by the cell's CNI chain, run
-inside the cell namespace exactly as a runtime runs it.
+A container is a network namespace with the lab responder running in it (Garden's container
+process). The hook runs in the cell's network namespace with the container process's pid,
+app/space/org ids in the properties, one port mapping and the lab's egress rules, and runs the
+cell's CNI chain (cni-wrapper-plugin -> silk-cni).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
-from cfnet.lab.deploy import LabError, require
+from cfnet.lab.deploy import LabError, adapter_path, require
 from cfnet.lab.state import DEFAULT_DIR, PREFIX, LabContainer, LabState
 from cfnet.net import netns
 
 APP_PORT = 8080
+OTHER_PORT = 9090  # also served, never named in a policy by the demo
+INTERNET_PORTS = (80, 8081)  # the egress rules allow the first and not the second
 
 
-def cni_config(state: LabState, cell: str) -> dict[str, object]:
-    work = Path(state.directory) / "logs" / cell
-    return {"cniVersion": "1.0.0", "name": "silk", "type": "silk-cni", "daemonPort": 23954,
-            "dataDir": str(work / "host-local"), "datastore": str(work / "silk-store.json")}
+def netout_rules(state: LabState) -> list[dict[str, Any]]:
+    """Garden NetOutRules: tcp to the lab's internet host on port 80, nothing else."""
+    internet = state.hosts["internet"].ip
+    return [{"protocol": 1, "networks": [{"start": internet, "end": internet}],
+             "ports": [{"start": INTERNET_PORTS[0], "end": INTERNET_PORTS[0]}]}]
 
 
-def _cni(state: LabState, cell: str, command: str, handle: str, container_ns: str) -> dict:
-    env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=handle,
-               CNI_NETNS=netns.path(container_ns) if command != "DEL" or netns.exists(container_ns) else "",
-               CNI_IFNAME="eth0", CNI_PATH="/opt/cni/bin", CFNET_CNI_LOG="off")
-    import subprocess
-
-    proc = subprocess.run(netns.exec_argv(state.hosts[cell].ns, [sys.executable, "-m", "cfnet", "cni", "silk"]),
-                          input=json.dumps(cni_config(state, cell)), capture_output=True,
-                          text=True, env=env, timeout=60)
+def garden_hook(state: LabState, cell: str, action: str, handle: str,
+                stdin: Any = None) -> dict[str, Any]:
+    """Run `cfnet garden-hook` in the cell as Garden runs it; its parsed stdout."""
+    # nsenter, not `ip netns exec`: the hook's bind mount must outlive the hook's process.
+    argv = ["nsenter", f"--net={netns.path(state.hosts[cell].ns)}", sys.executable, "-m",
+            "cfnet", "garden-hook", "--action", action, "--handle", handle,
+            "--configFile", str(adapter_path(state, cell))]
+    proc = subprocess.run(argv, input=json.dumps(stdin), capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
-        try:
-            msg = json.loads(proc.stdout)["msg"]
-        except (ValueError, KeyError):
-            msg = (proc.stdout + proc.stderr).strip()
-        raise LabError(f"CNI {command} of {handle} on {cell} failed: {msg}")
+        raise LabError(f"garden-hook {action} of {handle} on {cell} failed: "
+                       f"{proc.stderr.strip() or proc.stdout.strip()}")
     return json.loads(proc.stdout) if proc.stdout.strip() else {}
 
 
@@ -48,41 +51,52 @@ def push(app: str, instances: int = 1, directory: Path = DEFAULT_DIR) -> list[La
     state = require(directory)
     if instances < 1:
         raise LabError("--instances must be at least 1")
-    meta = state.apps.setdefault(app, {"app_id": str(uuid.uuid4()), "space_id": str(uuid.uuid4()),
-                                       "org_id": str(uuid.uuid4())})
+    ids = state.apps.setdefault(app, {"app_id": str(uuid.uuid4()), "space_id": str(uuid.uuid4()),
+                                      "org_id": str(uuid.uuid4())})
     created = []
     start = len(state.containers_of(app))
     for i in range(start, start + instances):
-        cell = state.cells[(len(state.containers)) % len(state.cells)]
+        cell = state.cells[len(state.containers) % len(state.cells)]
         handle = f"{app}-{i}-{uuid.uuid4().hex[:6]}"
         ns = f"{PREFIX}-c-{handle}"
         netns.create(ns)
+        with open(state.logs / f"{handle}.log", "ab") as log:
+            process = netns.spawn(ns, [sys.executable, "-m", "cfnet.lab.responder", "serve",
+                                       app, str(i), str(APP_PORT),
+                                       str(OTHER_PORT)], log=log)
+        stdin = {"Pid": process.pid,
+                 "Properties": {"app_id": ids["app_id"], "space_id": ids["space_id"],
+                                "org_id": ids["org_id"], "policy_group_id": ids["app_id"],
+                                "ports": str(APP_PORT), "container_workload": "app"},
+                 "netin": [{"host_port": 0, "container_port": APP_PORT}],
+                 "netout_rules": netout_rules(state)}
         try:
-            result = _cni(state, cell, "ADD", handle, ns)
-            ip = result["ips"][0]["address"].split("/")[0]
-            netns.spawn(ns, [sys.executable, "-m", "cfnet.lab.responder", "serve", app, str(i),
-                             str(APP_PORT)], log=open(state.logs / f"{handle}.log", "ab"))
+            out = garden_hook(state, cell, "up", handle, stdin)
+            props = out["properties"]
+            mapped = json.loads(props.get("garden.network.mapped-ports") or "[]")
         except BaseException:
             try:
-                _cni(state, cell, "DEL", handle, ns)
+                garden_hook(state, cell, "down", handle)
+            except LabError:
+                pass  # the hook rolls a failed up back itself; the up error is the one to show
             finally:
+                process.kill()
                 netns.remove(ns)
             raise
-        container = LabContainer(handle=handle, app=app, instance=i, cell=cell, ns=ns, ip=ip,
-                                 port=APP_PORT)
+        container = LabContainer(handle=handle, app=app, instance=i, cell=cell, ns=ns,
+                                 ip=props["garden.network.container-ip"], port=APP_PORT,
+                                 host_port=mapped[0]["HostPort"] if mapped else 0)
         state.containers.append(container)
         state.save()
         created.append(container)
-    _ = meta
     return created
 
 
-def probe(state: LabState, source_ns: str, host: str, port: int, timeout: float = 2.0) -> tuple[bool, str]:
+def probe(source_ns: str, host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
     """Connect from inside `source_ns` to host:port; (reached, answer or error)."""
-    proc = netns.run(source_ns, [sys.executable, "-m", "cfnet.lab.responder", "probe", host,
-                                 str(port), "--timeout", str(timeout)], check=False,
-                     timeout=timeout + 30)
-    return proc.returncode == 0, proc.stdout.strip() or proc.stderr.strip()
+    from cfnet.lab.responder import fetch
+
+    return netns.call_in(source_ns, lambda: fetch(host, port, timeout), timeout=timeout + 10)
 
 
 def curl(source_app: str, dest_app: str, port: int = APP_PORT,
@@ -94,4 +108,17 @@ def curl(source_app: str, dest_app: str, port: int = APP_PORT,
         raise LabError(f"no app {source_app!r} in the lab: `cfnet lab push {source_app}` first")
     if not dests:
         raise LabError(f"no app {dest_app!r} in the lab: `cfnet lab push {dest_app}` first")
-    return [(sources[0], d, *probe(state, sources[0].ns, d.ip, port)) for d in dests]
+    return [(sources[0], d, *probe(sources[0].ns, d.ip, port)) for d in dests]
+
+
+def app_guid(state: LabState, app: str) -> str:
+    """An app's guid (its policy group id); names unknown to the lab are taken as guids."""
+    return state.apps.get(app, {}).get("app_id", app)
+
+
+def policy(state: LabState, *args: str) -> tuple[int, str]:
+    """Run `cfnet policy ...` in the control plane against the lab's server, as its admin."""
+    proc = netns.run(state.hosts["cp"].ns, [sys.executable, "-m", "cfnet", "policy", *args,
+                                            "--api", state.policy_external_url,
+                                            "--token", state.admin_token], check=False)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()

@@ -1,21 +1,22 @@
-"""`cfnet lab demo`: bring a two-cell lab up, exercise it, print a table of checks.
+"""`cfnet lab demo`: bring a two-cell lab up, exercise it end to end, print a table of checks.
 
-Each check is a name, a pass/fail and a detail line. The demo stops at the first check whose
-failure makes the rest meaningless (the lab did not come up), and otherwise runs them all.
+Each check is a name, a pass/fail and a detail line, and each one looks at real traffic between
+namespaces: container to container across cells and on one cell, router to container through a
+mapped host port, container to the "internet" host through the egress rules.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cfnet.lab import apps, deploy
-from cfnet.lab.state import DEFAULT_DIR, LabState
-from cfnet.net import netns
+from cfnet.lab.state import DEFAULT_DIR, LabContainer, LabState
+
+PROPAGATION_TARGET_S = 1.0
 
 
 @dataclass
@@ -25,12 +26,31 @@ class Check:
     detail: str
 
 
-def policy_cli(state: LabState, *args: str) -> tuple[int, str]:
-    """Run `cfnet policy ...` inside the control-plane namespace against the lab's server."""
-    proc = netns.run(state.hosts["cp"].ns, [sys.executable, "-m", "cfnet", "policy", *args,
-                                            "--api", state.policy_external_url,
-                                            "--token", state.admin_token], check=False)
-    return proc.returncode, (proc.stdout + proc.stderr).strip()
+def _wait_reachable(src: LabContainer, dst: LabContainer, port: int, deadline_s: float) -> float | None:
+    """Seconds until src reaches dst:port, or None if not within `deadline_s`."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        if apps.probe(src.ns, dst.ip, port, timeout=0.3)[0]:
+            return time.monotonic() - start
+    return None
+
+
+def _add_and_time(state: LabState, src: str, dst: str, front: LabContainer,
+                  remote: LabContainer) -> tuple[str | None, float | None]:
+    """Create src -> dst tcp 8080 through the API; (error or None, seconds to first success)."""
+    from cfnet.clients.http import ApiError
+    from cfnet.clients.policy_api import PolicyClient, make_policy
+    from cfnet.net import netns
+
+    def create() -> None:
+        with PolicyClient(state.policy_external_url, state.admin_token) as client:
+            client.create([make_policy(src, dst, "tcp", str(apps.APP_PORT))])
+
+    try:
+        netns.call_in(state.hosts["cp"].ns, create)
+    except ApiError as e:
+        return str(e), None
+    return None, _wait_reachable(front, remote, apps.APP_PORT, deadline_s=10)
 
 
 def run_demo(directory: Path = DEFAULT_DIR, keep: bool = False,
@@ -45,43 +65,76 @@ def run_demo(directory: Path = DEFAULT_DIR, keep: bool = False,
     try:
         started = time.monotonic()
         state = deploy.up(directory, cells=2, progress=progress)
-        if not check("lab up", True, f"control plane and {len(state.cells)} cells in "
-                                     f"{time.monotonic() - started:.1f} s"):
-            return checks
+        check("lab up", True, f"control plane and {len(state.cells)} cells in "
+                              f"{time.monotonic() - started:.1f} s")
         subnets = list(state.subnets.values())
         check("each cell leased its own subnet", len(set(subnets)) == len(subnets),
               ", ".join(f"{c}={s}" for c, s in state.subnets.items()))
 
-        progress("pushing app frontend (1 instance) and backend (2 instances)")
+        progress("pushing frontend (1 instance) and backend (2 instances) through garden-hook")
         apps.push("frontend", 1, directory)
         apps.push("backend", 2, directory)
         state = deploy.require(directory)
-        placed = {c.cell for c in state.containers_of("backend")}
-        check("containers on both cells", len(placed) == 2,
+        front = state.containers_of("frontend")[0]
+        remote = next(c for c in state.containers_of("backend") if c.cell != front.cell)
+        local = next(c for c in state.containers_of("backend") if c.cell == front.cell)
+        check("containers on both cells", remote.cell != local.cell,
               ", ".join(f"{c.app}/{c.instance}@{c.cell}={c.ip}" for c in state.containers))
 
-        results = apps.curl("frontend", "backend", directory=directory)
-        reached = [ok for _, _, ok, _ in results]
-        check("overlay carries traffic across cells and on one cell", all(reached),
-              "; ".join(f"{d.cell}: {answer}" for _, d, _, answer in results))
+        denied = [apps.probe(front.ns, c.ip, apps.APP_PORT) for c in (remote, local)]
+        check("c2c denied without a policy", not any(ok for ok, _ in denied),
+              "; ".join(text for _, text in denied))
 
-        front, back = state.apps["frontend"]["app_id"], state.apps["backend"]["app_id"]
-        rc, out = policy_cli(state, "add", front, back, "--protocol", "tcp", "--port", "8080")
-        check("cfnet policy add", rc == 0, out.splitlines()[-1] if out else f"exit {rc}")
-        rc, out = policy_cli(state, "list", "--json")
+        src, dst = apps.app_guid(state, "frontend"), apps.app_guid(state, "backend")
+        # The policy is created through the API from inside the control plane, so the clock
+        # starts at the server's 200, not when a CLI process has finished exiting.
+        created, took = _add_and_time(state, src, dst, front, remote)
+        if check("policy frontend -> backend tcp 8080 created (API 200)", created is None,
+                 created or "200 {}"):
+            check("allowed across cells (VXLAN-GBP tag)", took is not None,
+                  apps.probe(front.ns, remote.ip, apps.APP_PORT)[1])
+            check(f"policy propagation under {PROPAGATION_TARGET_S:.0f} s",
+                  took is not None and took < PROPAGATION_TARGET_S,
+                  f"{took * 1000:.0f} ms from the API's 200 to the first allowed connection"
+                  if took is not None else "never")
+            ok, text = apps.probe(front.ns, local.ip, apps.APP_PORT)
+            check("allowed on one cell", ok, text)
+            ok, text = apps.probe(front.ns, remote.ip, apps.OTHER_PORT)
+            check("other ports still denied", not ok, f"port {apps.OTHER_PORT}: {text}")
+            ok, text = apps.probe(remote.ns, front.ip, apps.APP_PORT)
+            check("the reverse direction still denied", not ok, text)
+
+        router = state.hosts["router"]
+        cell_ip = state.hosts[remote.cell].ip
+        ok, text = apps.probe(router.ns, cell_ip, remote.host_port)
+        check("port forwarding from the router", ok and text.startswith("backend/"),
+              f"{cell_ip}:{remote.host_port} -> {remote.ip}:{apps.APP_PORT}: {text}")
+
+        internet = state.hosts["internet"].ip
+        ok, text = apps.probe(front.ns, internet, apps.INTERNET_PORTS[0])
+        check("egress allowed by the ASG rule", ok, f"{internet}:{apps.INTERNET_PORTS[0]}: {text}")
+        ok, text = apps.probe(front.ns, internet, apps.INTERNET_PORTS[1])
+        check("egress denied elsewhere", not ok, f"{internet}:{apps.INTERNET_PORTS[1]}: {text}")
+
+        rc, out = apps.policy(state, "list", "--json")  # the CLI, as a developer uses it
         try:
-            listed = json.loads(out)
-            policies = listed.get("policies", listed) if isinstance(listed, dict) else listed
-            found = any(p["source"]["id"] == front and p["destination"]["id"] == back
-                        for p in policies)
+            found = any(p["source"]["id"] == src and p["destination"]["id"] == dst
+                        for p in json.loads(out)["policies"])
         except (ValueError, KeyError, TypeError):
             found = False
-        check("cfnet policy list shows it", rc == 0 and found, f"{len(out)} bytes of JSON")
-        rc, out = policy_cli(state, "add", front, back, "--port", "0")
-        check("bad input is refused with a clear error", rc != 0 and "port" in out.lower(),
+        check("cfnet policy list shows it", rc == 0 and found, "frontend -> backend")
+        rc, out = apps.policy(state, "add", src, dst, "--port", "0")
+        check("bad input refused with a clear error", rc != 0 and "port" in out.lower(),
               out.splitlines()[-1] if out else f"exit {rc}")
-        rc, out = policy_cli(state, "remove", front, back, "--protocol", "tcp", "--port", "8080")
+        rc, out = apps.policy(state, "remove", src, dst, "--protocol", "tcp", "--port",
+                              str(apps.APP_PORT))
         check("cfnet policy remove", rc == 0, out.splitlines()[-1] if out else f"exit {rc}")
+        deadline = time.monotonic() + 10
+        while apps.probe(front.ns, remote.ip, apps.APP_PORT, timeout=0.3)[0]:
+            if time.monotonic() > deadline:
+                break
+        ok, text = apps.probe(front.ns, remote.ip, apps.APP_PORT)
+        check("new connections denied after remove", not ok, text)
     except deploy.LabError as e:
         check("lab", False, str(e))
     finally:

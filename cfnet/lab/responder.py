@@ -37,8 +37,8 @@ def serve(name: str, instance: str, ports: list[int]) -> None:
         t.join()
 
 
-def probe(host: str, port: int, timeout: float = 2.0) -> int:
-    """Print the responder's answer and exit 0, or print why not and exit 1."""
+def fetch(host: str, port: int, timeout: float = 2.0) -> tuple[bool, str]:
+    """(True, the responder's answer) or (False, why the connection failed)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as conn:
             conn.settimeout(timeout)
@@ -47,10 +47,15 @@ def probe(host: str, port: int, timeout: float = 2.0) -> int:
             while chunk := conn.recv(4096):
                 data += chunk
     except OSError as e:
-        print(f"failed: {e.strerror or e}")
-        return 1
-    print(data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip())
-    return 0
+        return False, f"failed: {e.strerror or e}"
+    return True, data.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+
+
+def probe(host: str, port: int, timeout: float = 2.0) -> int:
+    """Print the responder's answer and exit 0, or print why not and exit 1."""
+    ok, text = fetch(host, port, timeout)
+    print(text)
+    return 0 if ok else 1
 
 
 def main(argv: list[str]) -> int:

@@ -47,10 +47,17 @@ def test_up_push_curl_status_down(lab_dir: Path) -> None:
     assert cfnet("lab", "push", "web", "--instances", "2", *d).returncode == 0
     assert cfnet("lab", "push", "api", *d).returncode == 0
     proc = cfnet("lab", "curl", "api", "web", *d)
+    assert proc.returncode != 0 and "refused" in proc.stdout  # no policy yet
+    proc = cfnet("lab", "policy", "add", "api", "web", "--port", "8080", *d)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "api -> web" in proc.stdout
+    proc = cfnet("lab", "curl", "api", "web", *d)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "web/0" in proc.stdout and "web/1" in proc.stdout
-    proc = cfnet("lab", "curl", "api", "web", "--port", "9999", *d)
+    proc = cfnet("lab", "curl", "api", "web", "--port", "9090", *d)
     assert proc.returncode != 0 and "refused" in proc.stdout
+    proc = cfnet("lab", "policy", "list", *d)
+    assert proc.returncode == 0 and "api" in proc.stdout and "web" in proc.stdout
     proc = cfnet("lab", "curl", "api", "nope", *d)
     assert proc.returncode != 0 and "no app 'nope'" in proc.stderr
     status = cfnet("lab", "status", *d)
