@@ -16,7 +16,6 @@ from cfnet.cni.bandwidth import (Limits, check_mtu, ifb_alias, ifb_candidates, p
                                  tbf_params)
 from cfnet.cni.types import CNIError
 from cfnet.net import netns
-from cfnet.net.topology import stop_process
 
 IPERF_PORT = 5201
 RATE = 10_000_000  # bits per second

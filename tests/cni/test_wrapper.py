@@ -91,7 +91,7 @@ def test_netin_netout_dns_host_services_and_datastore(e: Env) -> None:
     assert got[f"{cell_ip}:{HOST_SVC_PORT + 1}"][0] == "refused"
 
     table = e.table()
-    assert f"chain netout-c1 {{" in table and f"chain overlay-c1 {{" in table
+    assert "chain netout-c1 {" in table and "chain overlay-c1 {" in table
     assert f"{cell_ip} . 61001 comment \"c1\" : {ip} . 8080" in table
 
     e.delete("c1", ns)
