@@ -85,6 +85,12 @@ def _iptables_logger(p: Path) -> Any:
     return load_config(p, LoggerConfig)
 
 
+def _policy_cli(p: Path) -> Any:
+    from cfnet.cli.policy import load_cli_config
+
+    return load_cli_config(p)
+
+
 def _cni_conflist(p: Path) -> Any:
     """The list as garden-hook's libcni reads it, and each plugin's config as that plugin parses
     it (with the `name` and `cniVersion` a runtime injects)."""
@@ -145,6 +151,8 @@ LOADERS: dict[str, Callable[[Path], Any]] = {
     "vxlan-agent/vxlan-agent.toml": _vxlan_agent,
     "iptables-logger/iptables-logger.json": _iptables_logger,
     "iptables-logger/iptables-logger.toml": _iptables_logger,
+    "cli/cli.toml": _policy_cli,
+    "cli/cli.json": _policy_cli,
     "cni/silk.conflist": _cni_conflist,
 }
 # Examples of roles documented by their own authors (garden-hook): claimed by pattern, so that
@@ -258,6 +266,13 @@ def test_cni_type_is_a_plugin_cfnet_runs() -> None:
 def test_policy_server_example_names_the_example_tokens_file() -> None:
     serve = load("policy-server.json")
     assert Path(serve.external.static_tokens_file).name == "policy-server-tokens.json"
+
+
+def test_cli_example_uses_an_example_admin_token() -> None:
+    cli = load("cli/cli.toml")
+    tokens = load("policy-server-tokens.json")
+    assert tokens[cli.token].scopes == ("network.admin",)
+    assert urlsplit(cli.api).port == load("policy-server.json").external.listen_port
 
 
 # -- systemd units --------------------------------------------------------------------------------
