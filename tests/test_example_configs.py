@@ -272,7 +272,9 @@ def test_cli_example_uses_an_example_admin_token() -> None:
     cli = load("cli/cli.toml")
     tokens = load("policy-server-tokens.json")
     assert tokens[cli.token].scopes == ("network.admin",)
-    assert urlsplit(cli.api).port == load("policy-server.json").external.listen_port
+    external = load("policy-server.json").external
+    assert urlsplit(cli.api).port == external.listen_port
+    assert urlsplit(cli.api).scheme == ("https" if external.enable_tls else "http")
 
 
 # -- systemd units --------------------------------------------------------------------------------
