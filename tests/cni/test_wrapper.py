@@ -483,3 +483,22 @@ def test_owner_and_group_of_lock_and_datastore_files(e: Env) -> None:
     e.delete("own", ns, **conf)
     for path in files:
         os.chown(path, 0, 0)
+
+
+def test_icmp_rules(e: Env) -> None:
+    """An ICMP echo rule to one address (Garden form, type 8, any code): ping works there and
+    nowhere else; an ASG-form rule with type -1 means any ICMP."""
+    ns = e.container_ns("ic")
+    ip1 = e.internet.ip
+    e.add("ic", ns, net_out_rules=[{"protocol": 3, "networks": [{"start": ip1}],
+                                    "icmps": {"type": 8, "code": -1}}])
+
+    def ping(ns: str, ip: str) -> bool:
+        return netns.run(ns, ["ping", "-c", "1", "-W", "2", ip], check=False).returncode == 0
+
+    assert ping(ns, ip1) and not ping(ns, INTERNET_IP2)
+    e.delete("ic", ns)
+    e.add("ic", ns, net_out_rules=[{"protocol": "icmp", "destination": INTERNET_IP2,
+                                    "type": -1, "code": -1}])
+    assert ping(ns, INTERNET_IP2) and not ping(ns, ip1)
+    e.delete("ic", ns)
