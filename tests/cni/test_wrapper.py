@@ -502,3 +502,48 @@ def test_icmp_rules(e: Env) -> None:
                                     "type": -1, "code": -1}])
     assert ping(ns, INTERNET_IP2) and not ping(ns, ip1)
     e.delete("ic", ns)
+
+
+UDP_ECHO = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], port))
+    while True:
+        data, peer = s.recvfrom(100)
+        s.sendto(peer[0].encode(), peer)
+for p in sys.argv[2:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+UDP_CLIENT = """
+import socket, sys
+for port in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+    s.connect((sys.argv[1], int(port)))
+    try:
+        s.send(b"q"); print(port, "ok", s.recv(100).decode())
+    except ConnectionRefusedError:
+        print(port, "refused", "-")
+    except OSError as e:
+        print(port, "error", e.__class__.__name__)
+"""
+
+
+def test_udp_dns_on_the_link_local_server_only(e: Env) -> None:
+    server = subprocess.Popen(netns.exec_argv(e.cell.ns, [sys.executable, "-c", UDP_ECHO,
+                                                          CELL_DNS, "53", "54"]),
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+        ns = e.container_ns("udp")
+        ip, _ = e.add("udp", ns)
+        out = netns.run(ns, [sys.executable, "-c", UDP_CLIENT, CELL_DNS, "53", "54"]).stdout
+        got = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+        assert got["53"] == ["ok", ip]
+        assert got["54"][0] == "refused"
+        e.delete("udp", ns)
+    finally:
+        stop_process(server)
