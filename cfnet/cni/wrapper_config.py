@@ -169,7 +169,9 @@ def _port_mappings(runtime: dict[str, Any]) -> list[PortMapping]:
     for item in raw:
         if not isinstance(item, dict):
             raise _bad(f"invalid port mapping {item!r}: must be an object")
-        hp, cp = item.get("host_port", 0), item.get("container_port", 0)
+        # Garden's keys; the CNI convention's (`hostPort`, `containerPort`) when they are absent.
+        hp = item.get("host_port", item.get("hostPort", 0))
+        cp = item.get("container_port", item.get("containerPort", 0))
         for v in (hp, cp):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise _bad(f"invalid port mapping {item!r}: ports must be integers")

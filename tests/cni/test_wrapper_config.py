@@ -154,3 +154,12 @@ def test_del_ignores_runtime_config() -> None:
         load(bad)
     cfg = load(bad, runtime=False)
     assert cfg.netout_rules == [] and cfg.port_mappings == [] and cfg.metadata == {}
+
+
+def test_port_mappings_in_garden_and_cni_keys() -> None:
+    cfg = load(conf(runtimeConfig={"portMappings": [
+        {"host_port": 61000, "container_port": 8080, "hostPort": 61000, "containerPort": 8080,
+         "protocol": "tcp"},
+        {"hostPort": 61001, "containerPort": 9090, "protocol": "tcp"}]}))
+    assert [(m.host_port, m.container_port) for m in cfg.port_mappings] == [(61000, 8080),
+                                                                           (61001, 9090)]
