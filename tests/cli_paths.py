@@ -87,6 +87,8 @@ def resolve_all(args: list[str]) -> list[tuple[list[str], Command]]:
 def _resolve(command: Command, path: list[str],
              tokens: list[str]) -> list[tuple[list[str], Command]]:
     where = "cfnet " + " ".join(path) if path else "cfnet"
+    if path == ["lab", "policy"]:  # passes its arguments on to `cfnet policy`
+        return _resolve(_subcommand(root_command(), "policy"), ["policy"], tokens)  # type: ignore[arg-type]
     i = 0
     while i < len(tokens):
         token = tokens[i]
