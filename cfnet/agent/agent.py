@@ -146,6 +146,7 @@ class Agent:
         self.applied_log_rules: list[str] | None = None
         self.last_resync = 0.0
         self.asg_applied: dict[str, _AsgApplied] = {}
+        self.last_asg_resync = time.monotonic()
         self.orphan_candidates: set[str] = set()
         self.ready = False
         self._cycle = threading.Lock()
@@ -325,6 +326,10 @@ class Agent:
         written: list[str] = []
         errors: list[str] = []
         t0 = time.monotonic()
+        # Every resync_interval all chains are rewritten, repairing changes made behind our back.
+        resync = handle is None and t0 - self.last_asg_resync > self.config.resync_interval
+        if resync:
+            self.last_asg_resync = t0
         with self.lock.held():
             state = ct.list_cell(self.nft)
             present = self._netout_present(state)
@@ -336,7 +341,7 @@ class Agent:
                 chain = state.chains.get(ar.netout_chain(h)) if state else None
                 chain_handle = chain.handle if chain else 0
                 last = self.asg_applied.get(h)
-                if handle is None and last and last.text == text and \
+                if handle is None and not resync and last and last.text == text and \
                         last.chain_handle == chain_handle:
                     continue
                 todo[h] = (text, chain_handle)

@@ -406,11 +406,11 @@ def test_dry_run_logs_over_limit_connections_instead_of_rejecting(env: Env, clea
     agent = env.agents["cell1"]
     agent.stop()
     agent.write_config(outbound_connections={"limit": False, "dry_run": True,
-                                             "rate_per_sec": 1, "burst": 1})
+                                             "rate_per_sec": 1, "burst": 1}, resync_interval=1)
 
     def restore() -> None:
         agent.stop()
-        agent.write_config(outbound_connections={})
+        agent.write_config(outbound_connections={}, resync_interval=300)
         agent.start()
 
     cleanup.append(restore)
@@ -423,6 +423,12 @@ def test_dry_run_logs_over_limit_connections_instead_of_rejecting(env: Env, clea
     assert "update @rl-t9-run" in netout and "jump netout-t9-run-rl-log" in netout
     rl_log = env.nft_text("cell1", f"chain ip cfnet {ar.netout_rl_log_chain('t9-run')}")
     assert 'log prefix "DENY_ORL_t9-run "' in rl_log and "reject" not in rl_log
+
+    # Drift is repaired by the periodic resync (Q8): a chain emptied behind the agent's back.
+    with Nft(env.silk.cells["cell1"].ns) as nft:
+        nft.run(f"flush chain ip cfnet {ar.netout_chain('t9-run')}\n")
+    ta.wait_for("netout chain rewritten", lambda: "update @rl-t9-run" in env.nft_text(
+        "cell1", f"chain ip cfnet {ar.netout_chain('t9-run')}"))
 
 
 # -- orphans, endpoints, start-up ------------------------------------------------------------------
