@@ -494,24 +494,29 @@ def test_unreachable_policy_server_fails_start_up(env: Env, tmp_path: Path) -> N
     assert proc.stderr.count("\n") == 1
 
 
-def test_polling_without_watch_and_asg_syncing_disabled(env: Env, cleanup: list) -> None:
+def test_server_without_watch_is_polled_and_asg_syncing_can_be_disabled(env: Env,
+                                                                        cleanup: list) -> None:
     src = container(env, cleanup, "cell1", "t13-src", app_id="t13-a")
     dst = container(env, cleanup, "cell2", "t13-dst", app_id="t13-b")
     server(cleanup, dst, "tcp:8080")
+    # A second server on the same store whose watch answers at once, like a server without it.
+    plain = ta.start_policy_server_in(env.silk, env.work / "ps-nowatch", database=env.ps.database,
+                                      bundle=env.ps.bundle, internal={"watch_max_wait_seconds": 0})
+    cleanup.append(plain.stop)
     agent = env.agents["cell2"]
     agent.stop()
-    agent.write_config(policy_watch=False, enable_asg_syncing=False)
+    agent.write_config(policy_server_url=plain.internal_url, enable_asg_syncing=False)
 
     def restore() -> None:
         agent.stop()
-        agent.write_config(policy_watch=True, enable_asg_syncing=True)
+        agent.write_config(policy_server_url=env.ps.internal_url, enable_asg_syncing=True)
         agent.start()
 
-    cleanup.append(restore)
+    cleanup.append(restore)  # runs before the second server stops and containers go
     agent.start()
     assert agent.force("/force-asgs-for-container?container=t13-dst") == (
         405, "ASG syncing has been disabled administratively")
     assert agent.force("/force-orphaned-asgs-cleanup?container=t13-dst")[0] == 405
+    ta.wait_for("fallback to polling", lambda: agent.log_lines("policy-watch-unsupported"))
     policy(env, cleanup, "t13-a", "t13-b")
     ta.wait_for("policy in force by polling", lambda: reach(src, dst, "tcp:8080"))
-    assert agent.log_lines("policy-watch-unsupported") == []  # off by config, not detected
