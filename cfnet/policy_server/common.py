@@ -91,11 +91,15 @@ def health_handler(calls: StoreCalls) -> Callable[[Request], Any]:
 
 
 def query_list(request: Request, name: str) -> list[str] | None:
-    """The first occurrence of a list parameter split on `,` (`?id=` gives [""]); None if absent."""
+    """The first occurrence of a list parameter split on `,` (`?id=` gives [""]); None if absent.
+
+    Items with a NUL character are dropped: no stored id can hold one (PostgreSQL text cannot),
+    so they match nothing, and PostgreSQL would refuse the query instead of answering "none".
+    """
     values = request.query_params.getlist(name)
     if not values:
         return None
-    return values[0].split(",")
+    return [v for v in values[0].split(",") if "\x00" not in v]
 
 
 def query_value(request: Request, name: str) -> str | None:

@@ -59,11 +59,19 @@ def _policy_list(policies: list[Policy], version: str) -> dict[str, Any]:
 
 def _decode(body: bytes, version: str) -> list[Policy] | Response:
     try:
-        return parse_policies(body, version)
+        policies = parse_policies(body, version)
     except PolicyValidationError as e:
         return error_response(400, f"mapper: {e}")
     except (ValueError, TypeError, RecursionError, UnicodeError) as e:  # defence in depth
         return error_response(400, f"mapper: unmarshal json: {e}")
+    # cfnet: an id with a NUL character cannot be stored on PostgreSQL (upstream answers 500
+    # there); refuse it on every backend, as bad input.
+    for p in policies:
+        for side, guid in (("source", p.source), ("destination", p.destination)):
+            if "\x00" in guid:
+                return error_response(400, f"mapper: validate policies: invalid {side} id, "
+                                           "must not contain a NUL character")
+    return policies
 
 
 class ExternalHandlers:

@@ -364,6 +364,22 @@ def test_malformed_json_is_400_unmarshal(server: Env, body: bytes) -> None:
     assert server.stamp() == before
 
 
+def test_ids_with_a_nul_character_are_refused(server: Env) -> None:
+    before = server.stamp()
+    for call in (server.create, server.delete):
+        r = call([v1("a\x00", "b")])
+        assert (r.status_code, r.json()) == (400, {"error": "mapper: validate policies: invalid "
+                                                   "source id, must not contain a NUL character"})
+        r = call([{"source": {"id": "a"}, "destination": {"id": "\x00", "protocol": "tcp",
+                                                          "port": 1}}], version="v0")
+        assert r.json()["error"].startswith("mapper: validate policies: invalid destination id")
+    assert server.stamp() == before
+    r = server.get_internal("/networking/v1/internal/policies?id=%00")
+    assert r.content == b'{"total_policies":0,"policies":[]}'
+    r = server.get_internal("/networking/v1/internal/security_groups?space_guids=%00")
+    assert r.status_code == 200
+
+
 def test_empty_body_has_gos_message(server: Env) -> None:
     r = requests.post(server.ext + "/policies", data=b"", headers=server.auth(), timeout=10)
     assert r.json() == {"error": "mapper: unmarshal json: unexpected end of JSON input"}
@@ -382,7 +398,8 @@ def test_bodies_over_10_mib_are_refused(server: Env) -> None:
 
 
 @pytest.mark.parametrize("query", ["?id=%ff%fe", "?id=%zz", "?source_id&dest_id", "?id=a;b",
-                                   "?%00=%00", "?id=" + "x," * 2000])
+                                   "?%00=%00", "?id=%00", "?source_id=a%00&dest_id=b",
+                                   "?id=" + "x," * 2000])
 def test_odd_query_strings_are_not_errors(server: Env, query: str) -> None:
     r = server.list(query)
     assert r.status_code == 200, r.text
