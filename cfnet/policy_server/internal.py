@@ -27,6 +27,7 @@ from cfnet.policy_server.wrappers import WrapContext
 from cfnet.web.router import Route, Router, error_response, json_response, lower_keys
 
 _GO_INT = re.compile(r"[+-]?[0-9]+\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 INT64_MAX = 2**63 - 1
 
 
@@ -144,9 +145,10 @@ class InternalHandlers:
         guid, kind = data.get("id"), data.get("type")
         if not isinstance(guid, (str, type(None))) or not isinstance(kind, (str, type(None))):
             return error_response(400, "failed parsing request body")
+        # Go decodes a lone surrogate escape as U+FFFD; neither database takes one as text.
+        guid, kind = (_SURROGATE.sub("\ufffd", v or "") for v in (guid, kind))
         try:
-            tag = await self.d.calls("CreateTag", self.d.calls.store.create_tag, guid or "",
-                                     kind or "")
+            tag = await self.d.calls("CreateTag", self.d.calls.store.create_tag, guid, kind)
         except StoreError as e:
             self.log.error("create-tag-failed", error=str(e))
             return error_response(500, "database create failed")

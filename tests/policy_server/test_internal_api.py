@@ -76,6 +76,8 @@ def test_put_tags_is_idempotent_per_type(server: Env) -> None:
     for bad in (b"{", b"[]", b'{"id": 5}', b"\xff"):
         r = requests.put(server.int + "/tags", data=bad, **kw)
         assert (r.status_code, r.content) == (400, b'{"error": "failed parsing request body"}')
+    r = requests.put(server.int + "/tags", data=b'{"id": "lone-\\ud800", "type": "x"}', **kw)
+    assert r.status_code == 200 and r.json()["id"] == "lone-\ufffd"
     # PUT only on the literal v1 path
     r = requests.put(server.ps.internal_url + "/networking/v0/internal/tags", json={}, **kw)
     assert r.status_code == 404
