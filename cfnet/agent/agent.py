@@ -6,9 +6,9 @@
   flush: running containers keep their traffic), add the underlay interfaces, adopt the live c2c
   state the kernel holds, then run the first policy cycle.
 - `policy_cycle()`: datastore -> local apps -> `policies?id=` -> plan -> one transaction. It
-  applies a diff against the last applied state; it lists the kernel and replaces (swap or diff,
-  `cell_table.replace_c2c`) at start, when the datastore changed (a container came or went: the
-  CNI's DEL also removes the IP's source tag), every `resync_interval`, and after a failed diff.
+  applies a diff against the last applied state (taking into account that the CNI's DEL removes
+  the source tag of the container's IP); it lists the kernel and replaces (diff or swap,
+  `cell_table.replace_c2c`) at start, every `resync_interval`, and after a failed diff.
   In strict mode, conntrack entries of connections that lost their allowance are deleted.
 - `asg_cycle(handles)`: security groups for the local spaces -> per-container netout chains,
   written only for containers whose structure (`netout_v` element) the CNI has created, all in
@@ -143,6 +143,7 @@ class Agent:
         self.applied: ct.C2CState | None = None  # what the last c2c transaction left
         self.live_set: str | None = None
         self.applied_version: int | None = None  # datastore version of that plan
+        self.applied_owners: dict[str, str] = {}  # container ip -> handle, for that plan
         self.applied_log_rules: list[str] | None = None
         self.last_resync = 0.0
         self.asg_applied: dict[str, _AsgApplied] = {}
@@ -217,8 +218,9 @@ class Agent:
         desired = p.state
         bypass = self.config.overlay_network if self.config.disable_container_network_policy \
             else None
+        owners = {c.ip: c.handle for c in containers}
         full = (full or self.applied is None or self.live_set is None
-                or version != self.applied_version or p.log_rules != self.applied_log_rules
+                or p.log_rules != self.applied_log_rules
                 or time.monotonic() - self.last_resync > self.config.resync_interval)
         old = self.applied
         t0 = time.monotonic()
@@ -226,7 +228,8 @@ class Agent:
         with self.lock.held():
             if not full:
                 assert self.applied is not None and self.live_set is not None
-                text = ct.render_c2c_diff(self.applied, desired, self.live_set)
+                text = ct.render_c2c_diff(self._diff_base(owners, desired), desired,
+                                          self.live_set)
                 if text:
                     try:
                         self.nft.run(text)
@@ -248,6 +251,7 @@ class Agent:
                 self.last_resync = time.monotonic()
         self.metrics.enforce_duration.labels("c2c").observe(time.monotonic() - t0)
         self.applied, self.applied_version, self.applied_log_rules = desired, version, p.log_rules
+        self.applied_owners = owners
         self.metrics.elements.labels("c2c_allow").set(len(desired.allow))
         self.metrics.elements.labels("c2c_src_tag").set(len(desired.src_tags))
         if changed:
@@ -262,6 +266,19 @@ class Agent:
                 self.log.info("conntrack-entries-deleted", count=n,
                               closed=[f"{c.ip} {c.proto} {c.lo}-{c.hi}" for c in closed])
         return changed
+
+    def _diff_base(self, owners: dict[str, str], desired: ct.C2CState) -> ct.C2CState:
+        """What the kernel holds, as far as the agent knows: the last applied state, except that
+        the CNI's DEL of a container removes its IP's source tag. So an IP that changed hands
+        since then is re-added when wanted (an `add` of what is there is a no-op), or
+        added-then-deleted when not; anything the kernel holds otherwise fails the transaction
+        and the cycle falls back to a full resync from a listing."""
+        assert self.applied is not None
+        tags = dict(self.applied.src_tags)
+        for ip in set(tags) | set(owners):
+            if self.applied_owners.get(ip) != owners.get(ip) and ip in desired.src_tags:
+                tags.pop(ip, None)
+        return ct.C2CState(tags, self.applied.allow)
 
     def datastore_moved(self) -> bool:
         return self.datastore.version() != self.applied_version
