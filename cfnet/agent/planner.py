@@ -22,7 +22,7 @@ from cfnet.clients.internal_api import InternalPolicy
 from cfnet.cni.datastore import Container
 from cfnet.core import nft_syntax as nx
 from cfnet.core.errors import CfnetError
-from cfnet.net.cell_table import C2CState
+from cfnet.net.cell_table import C2CLogEntry, C2CState, c2c_log_rules
 
 
 class PlanError(CfnetError):
@@ -105,7 +105,7 @@ def plan(containers: Sequence[LocalContainer], policies: Iterable[InternalPolicy
         by_app.setdefault(c.app_id, []).append(c)
     src_tags: dict[str, int] = {}
     allow: list[nx.C2CAllow] = []
-    log_rules: list[str] = []
+    log_entries: list[C2CLogEntry] = []
     count = 0
     for p in policies:
         count += 1
@@ -117,23 +117,13 @@ def plan(containers: Sequence[LocalContainer], policies: Iterable[InternalPolicy
         for c in by_app.get(p.destination, ()):
             allow.append(nx.C2CAllow(c.ip, src_tag, p.protocol, p.start, p.end))
             if logging:
-                log_rules.append(log_rule(c.ip, src_tag, p.source_tag, p.destination, p.protocol,
-                                          p.start, p.end, udp_logs_per_sec))
+                log_entries.append(C2CLogEntry(c.ip, p.source_tag, p.protocol, p.start, p.end,
+                                               p.destination))
     if ingress_tag is not None:
         tag = parse_tag(ingress_tag)
         for c in containers:
             for port in c.ports:
                 allow.append(nx.C2CAllow(c.ip, tag, "tcp", port, port))
-    return Plan(C2CState.build(src_tags, allow), sorted(set(log_rules)), len(containers), count)
+    log_rules = sorted(set(c2c_log_rules(log_entries, udp_logs_per_sec)))
+    return Plan(C2CState.build(src_tags, allow), log_rules, len(containers), count)
 
-
-def log_rule(ip: str, tag: int, tag_text: str, dst_guid: str, protocol: str, start: int, end: int,
-             udp_logs_per_sec: int) -> str:
-    """One c2c-log rule (spec 7.4): logs accepted connections to `ip` from tag `tag`."""
-    head = (f"ip daddr {nx.ipv4(ip)} meta mark {nx.mark(tag)} meta l4proto {nx.proto(protocol)} "
-            f"th dport {nx.ports(start, end)}")
-    prefix = nx.log_prefix(f"OK_{tag_text}_{dst_guid}")
-    if protocol == "udp":
-        return (f"{head} limit rate {udp_logs_per_sec}/second burst {udp_logs_per_sec} packets "
-                f"log prefix {prefix}")
-    return f"{head} ct state invalid,new,untracked log prefix {prefix}"
