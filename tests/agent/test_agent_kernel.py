@@ -327,7 +327,7 @@ def test_concurrent_creates_and_destroys_while_syncing(env: Env, cleanup: list) 
     churner = threading.Thread(target=churn_policies, daemon=True)
     churner.start()
     try:
-        with ThreadPoolExecutor(max_workers=6) as pool:
+        with ThreadPoolExecutor(max_workers=10) as pool:
             ips = list(pool.map(lifecycle, range(50)))  # raises if any create/destroy failed
     finally:
         stop.set()
@@ -481,21 +481,27 @@ def test_force_and_debug_endpoints(env: Env, cleanup: list) -> None:
     assert f"ip daddr {dst.ip}" in env.nft_text("cell1", "chain ip cfnet c2c-log")  # at once (Q3)
 
 
-def test_unreachable_policy_server_fails_start_up(env: Env, tmp_path: Path) -> None:
-    cell = env.silk.cells["cell1"]
-    cfg = ta.agent_config(cell, tmp_path, env.ps, policy_server_url="https://127.0.0.1:1",
-                          debug_server_port=0, force_policy_poll_cycle_port=0)
-    (tmp_path / "container-metadata").mkdir()
-    path = tmp_path / "agent.json"
+@pytest.mark.parametrize("change, error", [
+    ({"policy_server_url": "https://127.0.0.1:1"},
+     "cfnetworking: policy-client-get-policies: cannot connect"),
+    ({"underlay_ips": ["10.9.9.9"]},
+     "cfnetworking: looking up interface names: no interface has address 10.9.9.9"),
+])
+def test_start_up_failures_are_one_line_exit_1(env: Env, tmp_path: Path, change: dict,
+                                               error: str) -> None:
     import json
 
+    cell = env.silk.cells["cell1"]
+    cfg = ta.agent_config(cell, tmp_path, env.ps, debug_server_port=0,
+                          force_policy_poll_cycle_port=0, **change)
+    (tmp_path / "container-metadata").mkdir()
+    path = tmp_path / "agent.json"
     path.write_text(json.dumps(cfg))
     proc = netns.run(cell.ns, [sys.executable, "-m", "cfnet", "vxlan-agent", "--config-file",
                                str(path)], check=False, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("cfnetworking: policy-client-get-policies: cannot connect")
+    assert proc.stderr.startswith(error)
     assert proc.stderr.count("\n") == 1
-
 
 def test_server_without_watch_is_polled_and_asg_syncing_can_be_disabled(env: Env,
                                                                         cleanup: list) -> None:
