@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def test_policies_carry_tags_and_filter_by_id(fresh_server: StartEnv) -> None:
         b'{"source":{"id":"app3","tag":"0003"},"destination":{"id":"app2","tag":"0002","protocol":"tcp","ports":{"start":3333,"end":4444}}}]}')
     assert r.headers["strict-transport-security"] == "max-age=31536000"
     assert "x-frame-options" not in r.headers
+    assert re.fullmatch(r"[0-9a-f-]{36}", r.headers["x-vcap-request-id"])
     # no version check: any segment gives the same v1 shape
     assert env.get_internal("/networking/v9/internal/policies").content == r.content
     r = env.get_internal("/networking/v0/internal/policies?id=app2")
