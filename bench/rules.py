@@ -152,14 +152,15 @@ def main() -> None:
                         c2c_state(policies), ct.C2CListing(None, ct.C2CState()))
                 results["nft_plan"].append(timed(plan))
                 results["nft_full"].append(timed(lambda: nft.run(text)))
-                live = ct.list_c2c(nft)
-                assert live.state == state, "kernel state differs from the desired state"
+                listing = ct.list_c2c(nft)
+                assert listing.state == state, "kernel state differs from the desired state"
+                live = ct.C2CSets(listing.exact_set or "", listing.allow_set or "")
                 grown = c2c_state(policies + [extra])
                 results["nft_add_one"].append(timed(
-                    lambda: nft.run(ct.render_c2c_diff(state, grown, live.allow_set or ""))))
+                    lambda: nft.run(ct.render_c2c_diff(state, grown, live))))
                 shrunk = c2c_state([p for p in policies if p != removed] + [extra])
                 results["nft_remove_one"].append(timed(
-                    lambda: nft.run(ct.render_c2c_diff(grown, shrunk, live.allow_set or ""))))
+                    lambda: nft.run(ct.render_c2c_diff(grown, shrunk, live))))
                 other = c2c_state(make_policies(args.apps, args.policies, seed=100 + r))
                 results["nft_resync_swap"].append(timed(
                     lambda: ct.replace_c2c(nft, other, last=shrunk)))

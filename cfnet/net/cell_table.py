@@ -34,7 +34,8 @@ DIFF_MAX_DELETES = 64  # above this many deletions a c2c update swaps the allow 
 
 ALLOW_SETS = ("c2c_allow", "c2c_allow_b")  # port ranges; the live one is referenced by chain c2c
 ALLOW_TYPE = "type ipv4_addr . mark . inet_proto . inet_service; flags interval;"
-EXACT_SET = "c2c_allow_exact"  # single ports: a hash set (a third cheaper to fill than pipapo)
+EXACT_SETS = ("c2c_allow_exact", "c2c_allow_exact_b")  # single ports: hash sets, a third
+# cheaper to fill than the interval (pipapo) sets; swapped like them when most of it changes
 EXACT_TYPE = "type ipv4_addr . mark . inet_proto . inet_service;"
 
 SETS = {  # shared sets and maps (base ruleset)
@@ -368,17 +369,26 @@ class C2CState:
                    frozenset(nx.merge_c2c_elements(allow)))
 
 
+@dataclass(frozen=True)
+class C2CSets:
+    """The live allow sets (those chain c2c references)."""
+
+    exact: str = EXACT_SETS[0]
+    ranges: str = ALLOW_SETS[0]
+
+
 @dataclass
 class C2CListing:
-    """What the kernel holds: the live allow set's name and the c2c content (None: not listed,
-    or the agent's own record of what it last applied)."""
+    """What the kernel holds: the live sets (None: none yet) and the c2c content (None: not
+    listed; callers may put the agent's own record of what it last applied there)."""
 
     allow_set: str | None
     state: C2CState | None
     chain_rules: int = 0
+    exact_set: str | None = None
 
 
-def _c2c_chain(allow_set: str, logging: bool, bypass_cidr: str | None) -> list[str]:
+def _c2c_chain(sets: C2CSets, logging: bool, bypass_cidr: str | None) -> list[str]:
     rules = []
     if bypass_cidr:  # disable_container_network_policy
         net = nx.cidr(bypass_cidr)
@@ -386,8 +396,8 @@ def _c2c_chain(allow_set: str, logging: bool, bypass_cidr: str | None) -> list[s
     rules.append("meta mark set ip saddr map @c2c_src_tag")
     if logging:
         rules.append("jump c2c-log")
-    rules.append(f"ip daddr . meta mark . meta l4proto . th dport @{EXACT_SET} accept")
-    rules.append(f"ip daddr . meta mark . meta l4proto . th dport @{nx.name(allow_set)} accept")
+    for name in (sets.exact, sets.ranges):
+        rules.append(f"ip daddr . meta mark . meta l4proto . th dport @{nx.name(name)} accept")
     return _chain_contents("c2c", rules)
 
 
@@ -449,69 +459,76 @@ def c2c_log_rules(entries: Iterable[C2CLogEntry], udp_logs_per_sec: int = 100) -
 
 
 def list_c2c(nft: Nft, elements: bool = True) -> C2CListing:
-    """The live allow set (the one chain c2c references) and, if `elements`, the source map and
-    the allow elements (listing 60k elements takes about a second)."""
-    state = C2CState()
+    """The live allow sets (the ones chain c2c references) and, if `elements`, the source map
+    and the allow elements (listing 60k elements takes about a second)."""
     if not nft.table_exists(FAMILY, TABLE):
-        return C2CListing(None, state)
+        return C2CListing(None, C2CState())
     chain = [o["rule"] for o in nft.list_json(f"chain {T} c2c") if "rule" in o]
-    live = None
+    live = exact = None
     for r in chain:
         for e in r.get("expr", []):
             right = e.get("match", {}).get("right")
-            if isinstance(right, str) and right.lstrip("@") in ALLOW_SETS:
-                live = right.lstrip("@")
+            name = right.lstrip("@") if isinstance(right, str) else None
+            if name in ALLOW_SETS:
+                live = name
+            elif name in EXACT_SETS:
+                exact = name
     if not elements:
-        return C2CListing(live, None, len(chain))
+        return C2CListing(live, None, len(chain), exact)
     src = TableState.from_json(nft.list_json(f"map {T} c2c_src_tag")).sets["c2c_src_tag"]
     tags = {k: int(v, 16) for k, v in src.keys.items() if v is not None}
-    ranges: Iterable[str] = ()
-    exact: Iterable[str] = ()
-    if live is not None:
-        s: SetState = TableState.from_json(nft.list_json(f"set {T} {live}")).sets[live]
-        ranges = s.keys
-    if any(o.get("set", {}).get("name") == EXACT_SET for o in nft.list_json(f"sets {FAMILY}")
-           if o.get("set", {}).get("table") == TABLE):
-        exact = TableState.from_json(nft.list_json(f"set {T} {EXACT_SET}")).sets[EXACT_SET].keys
-    return C2CListing(live, C2CState(tags, _join_allow(exact, ranges)), len(chain))
+    found: dict[str, Iterable[str]] = {}
+    for name in (live, exact):
+        if name is not None:
+            s: SetState = TableState.from_json(nft.list_json(f"set {T} {name}")).sets[name]
+            found[name] = s.keys
+    allow = _join_allow(found.get(exact or "", ()), found.get(live or "", ()))
+    return C2CListing(live, C2CState(tags, allow), len(chain), exact)
+
+
+def _swap_in(name: str, decl: str, items: list[str]) -> list[str]:
+    """A fresh set `name` (a leftover of an interrupted older layout is dropped) with `items`."""
+    return [f"add set {T} {name} {{ {decl} }}", f"delete set {T} {name}",
+            f"add set {T} {name} {{ {decl} }}", *element_commands("add", name, items)]
+
+
+def _update(live: str | None, names: tuple[str, str], decl: str, had: list[str] | None,
+            want: list[str], max_deletes: int) -> tuple[list[str], str]:
+    """Diff set `live` from `had` to `want` in place when `had` is known and the deletions are
+    few; otherwise fill the other set of the pair. Returns (commands, the set to use)."""
+    if live is not None and had is not None:
+        gone = sorted(set(had) - set(want))
+        if len(gone) <= max_deletes:
+            # add-then-delete: also right when an element is already gone
+            return ([*element_commands("add", live, gone), *element_commands("delete", live, gone),
+                     *element_commands("add", live, sorted(set(want) - set(had)))], live)
+    target = names[1] if live == names[0] else names[0]
+    return _swap_in(target, decl, want), target
 
 
 def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence[str],
-                 bypass_cidr: str | None) -> tuple[list[str], str]:
+                 bypass_cidr: str | None) -> tuple[list[str], C2CSets]:
     lines = [f"flush map {T} c2c_src_tag"]
     lines += element_commands("add", "c2c_src_tag", [
         nx.element(ip, nx.mark(tag)) for ip, tag in sorted(desired.src_tags.items())])
     lines += _chain_contents("c2c-log", logging_rules)
-    live = current.allow_set
-    known = current.state
     want_exact, want_ranges = split_allow(desired.allow)
-    lines.append(f"add set {T} {EXACT_SET} {{ {EXACT_TYPE} }}")
-    had_exact, had_ranges = split_allow(known.allow) if known is not None else ([], [])
-    gone = sorted(set(had_exact) - set(want_exact))
-    if known is not None and live is not None and len(gone) <= len(want_exact) // 2:
-        lines += element_commands("add", EXACT_SET, gone)  # add-then-delete: fine if gone
-        lines += element_commands("delete", EXACT_SET, gone)
-        lines += element_commands("add", EXACT_SET, sorted(set(want_exact) - set(had_exact)))
-    else:  # a hash set is cheap to flush and refill
-        lines.append(f"flush set {T} {EXACT_SET}")
-        lines += element_commands("add", EXACT_SET, want_exact)
-    deletes = sorted(set(had_ranges) - set(want_ranges)) if known is not None else []
-    if live is not None and known is not None and len(deletes) <= DIFF_MAX_DELETES:
-        target = live
-        # add-then-delete: also right when an element is already gone
-        lines += element_commands("add", live, deletes)
-        lines += element_commands("delete", live, deletes)
-        lines += element_commands("add", live, sorted(set(want_ranges) - set(had_ranges)))
-    else:
-        target = ALLOW_SETS[1] if live == ALLOW_SETS[0] else ALLOW_SETS[0]
-        # A leftover set of that name (an interrupted older layout) is dropped first.
-        lines += [f"add set {T} {target} {{ {ALLOW_TYPE} }}", f"delete set {T} {target}",
-                  f"add set {T} {target} {{ {ALLOW_TYPE} }}"]
-        lines += element_commands("add", target, want_ranges)
-    lines += _c2c_chain(target, bool(logging_rules), bypass_cidr)
-    if live is not None and target != live:
-        lines.append(f"delete set {T} {live}")
-    return lines, target
+    had_exact: list[str] | None = None
+    had_ranges: list[str] | None = None
+    if current.state is not None:
+        had_exact, had_ranges = split_allow(current.state.allow)
+    # Hash set: a diff is cheap unless most of it changes. Interval set: deletions are
+    # superlinear, so only a few are diffed (module docstring).
+    exact_lines, exact = _update(current.exact_set, EXACT_SETS, EXACT_TYPE, had_exact,
+                                 want_exact, max(DIFF_MAX_DELETES, len(want_exact) // 2))
+    range_lines, ranges = _update(current.allow_set, ALLOW_SETS, ALLOW_TYPE, had_ranges,
+                                  want_ranges, DIFF_MAX_DELETES)
+    sets = C2CSets(exact, ranges)
+    lines += exact_lines + range_lines + _c2c_chain(sets, bool(logging_rules), bypass_cidr)
+    for old, new in ((current.exact_set, exact), (current.allow_set, ranges)):
+        if old is not None and old != new:
+            lines.append(f"delete set {T} {old}")
+    return lines, sets
 
 
 def render_c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence[str] = (),
@@ -526,15 +543,15 @@ def render_c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Se
     return script(_c2c_replace(desired, current, logging_rules, bypass_cidr)[0])
 
 
-def render_c2c_diff(old: C2CState, new: C2CState, allow_set: str) -> str:
+def render_c2c_diff(old: C2CState, new: C2CState, sets: C2CSets) -> str:
     """An incremental c2c update from the agent's last applied state to the new one. Removals use
     add-then-delete, so an element somebody already removed (a container's DEL) does not fail the
     transaction. Empty string when nothing changed."""
     lines: list[str] = []
     gone_exact, gone_ranges = split_allow(old.allow - new.allow)
     new_exact, new_ranges = split_allow(new.allow - old.allow)
-    for name, gone, added in ((EXACT_SET, gone_exact, new_exact),
-                              (allow_set, gone_ranges, new_ranges)):
+    for name, gone, added in ((sets.exact, gone_exact, new_exact),
+                              (sets.ranges, gone_ranges, new_ranges)):
         lines += element_commands("add", name, gone)
         lines += element_commands("delete", name, gone)
         lines += element_commands("add", name, added)
@@ -552,15 +569,15 @@ def render_c2c_diff(old: C2CState, new: C2CState, allow_set: str) -> str:
 
 def replace_c2c(nft: Nft, desired: C2CState, logging_rules: Sequence[str] = (),
                 bypass_cidr: str | None = None, last: C2CState | None = None,
-                list_elements: bool = False) -> str:
-    """Make the kernel's c2c state `desired` in one transaction; returns the live set name.
+                list_elements: bool = False) -> C2CSets:
+    """Make the kernel's c2c state `desired` in one transaction; returns the live sets.
 
     The diff-or-swap choice needs the current elements: `last` (what this agent last applied),
-    or a listing when `list_elements`; with neither, the allow set is swapped (about as fast as
-    listing it)."""
+    or a listing when `list_elements`; with neither, both allow sets are swapped (about as fast
+    as listing them)."""
     current = list_c2c(nft, elements=list_elements and last is None)
     if last is not None:
         current.state = last
-    lines, target = _c2c_replace(desired, current, logging_rules, bypass_cidr)
+    lines, sets = _c2c_replace(desired, current, logging_rules, bypass_cidr)
     nft.run(script(lines))
-    return target
+    return sets

@@ -148,21 +148,24 @@ def allow(n: int, tag_base: int = 1, port: int = 8080, width: int = 0) -> list[n
 def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None:
     first = ct.C2CState.build({"10.255.0.2": 0x1, "10.255.0.3": 0xFFFF},
                               allow(300) + allow(300, port=100, width=5))
-    assert ct.replace_c2c(cell, first) == "c2c_allow"
+    assert ct.replace_c2c(cell, first).ranges == "c2c_allow"
     assert ct.list_c2c(cell).state == first
     state = listed(cell)
-    assert len(state.sets[ct.EXACT_SET].elements) == 300  # single ports: the hash set
+    assert len(state.sets["c2c_allow_exact"].elements) == 300  # single ports: the hash set
     assert len(state.sets["c2c_allow"].elements) == 300  # ranges: the interval set
 
     small = ct.C2CState.build({"10.255.0.2": 0x2}, allow(250) + allow(290, port=100, width=5))
-    assert ct.replace_c2c(cell, small, list_elements=True) == "c2c_allow"  # 10 range deletions
+    # 10 range deletions: diffed in place
+    assert ct.replace_c2c(cell, small, list_elements=True).ranges == "c2c_allow"
     assert ct.list_c2c(cell).state == small
     smaller = ct.C2CState.build({"10.255.0.2": 0x2}, allow(250) + allow(280, port=100, width=5))
-    assert ct.replace_c2c(cell, smaller, last=small) == "c2c_allow"  # diff from the agent's record
+    # the same from the agent's record instead of a listing
+    assert ct.replace_c2c(cell, smaller, last=small).ranges == "c2c_allow"
     assert ct.list_c2c(cell).state == smaller
 
     large = ct.C2CState.build({"10.255.0.2": 0x2}, allow(200, tag_base=100, port=7, width=1))
-    assert ct.replace_c2c(cell, large, last=smaller) == "c2c_allow_b"  # 280 deletions: swapped
+    # 280 range deletions: the other set is filled and swapped in
+    assert ct.replace_c2c(cell, large, last=smaller).ranges == "c2c_allow_b"
     listing = ct.list_c2c(cell)
     assert listing.allow_set == "c2c_allow_b" and listing.state == large
     assert "c2c_allow" not in listed(cell).sets
@@ -175,11 +178,12 @@ def test_c2c_replace_diffs_small_changes_and_swaps_large_ones(cell: Nft) -> None
         "ip daddr 10.255.0.2 meta mark 0xffff meta l4proto udp th dport 53 limit rate 7/second "
         'burst 7 packets log prefix "OK_FFFF_dst "']
     assert ct.replace_c2c(cell, ct.C2CState(), logging_rules=log,
-                          bypass_cidr="10.255.0.0/16") == "c2c_allow"
+                          bypass_cidr="10.255.0.0/16") == ct.C2CSets("c2c_allow_exact", "c2c_allow")
     state = listed(cell)
     assert len(state.chains["c2c"].rules) == 5 and len(state.chains["c2c-log"].rules) == 2
+    assert not {"c2c_allow_b", "c2c_allow_exact_b"} & set(state.sets)  # swapped-out sets gone
     assert ct.list_c2c(cell).state == ct.C2CState()
-    assert ct.replace_c2c(cell, first) == "c2c_allow_b"  # no record, no listing: swap
+    assert ct.replace_c2c(cell, first).ranges == "c2c_allow_b"  # no record, no listing: swap
     assert ct.list_c2c(cell).state == first
 
 
