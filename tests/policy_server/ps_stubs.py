@@ -13,7 +13,7 @@ import json
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +43,7 @@ class Cloud:
     security_groups: list[dict[str, Any]] = field(default_factory=list)
     asg_last_update: str = "2026-01-01T00:00:00Z"
     fail: set[str] = field(default_factory=set)  # path prefixes answered with 500
+    on_page: Callable[[int], None] | None = None  # called as each security-group page is served
     requests: list[Recorded] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,6 +141,8 @@ def _handler(cloud: Cloud) -> type[BaseHTTPRequestHandler]:
                                                             for s in chunk]}
             if path == "/v3/security_groups":
                 page, per = int(q["page"][0]), 2  # small pages, so paging is exercised
+                if cloud.on_page is not None:
+                    cloud.on_page(page)
                 items = cloud.security_groups[(page - 1) * per:page * per]
                 more = page * per < len(cloud.security_groups)
                 nxt = {"href": f"https://cc.example/v3/security_groups?page={page + 1}"} if more \
