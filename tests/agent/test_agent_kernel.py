@@ -529,3 +529,27 @@ def test_server_without_watch_is_polled_and_asg_syncing_can_be_disabled(env: Env
     ta.wait_for("fallback to polling", lambda: agent.log_lines("policy-watch-unsupported"))
     policy(env, cleanup, "t13-a", "t13-b")
     ta.wait_for("policy in force by polling", lambda: reach(src, dst, "tcp:8080"))
+
+
+def test_containers_without_structure_are_skipped_not_created(env: Env, cleanup: list) -> None:
+    from cfnet.cni.datastore import Datastore
+
+    agent = env.agents["cell1"]
+    store = Datastore(agent.datastore_path)
+    # Between the wrapper's datastore write and its first transaction.
+    store.add("t14-early", "10.255.254.20", {"policy_group_id": "t14-a", "space_id": "t14-s",
+                                              "container_workload": "app"})
+    cleanup.append(lambda: store.delete("t14-early"))
+    status, body = agent.force("/force-asgs-for-container?container=t14-early")
+    assert status == 500
+    assert body == ("failed to update asgs for container t14-early: container structure not "
+                    "created yet (no netout_v element)")
+    # A periodic ASG cycle passes (interval 2 s) without creating the container's chains.
+    probe = container(env, cleanup, "cell1", "t14-other", app_id="t14-b", space_id="t14-s")
+    runs = len(agent.log_lines("asgs-updated"))
+    write_asgs(env, [{"guid": "t14", "rules": [tcp_rule("10.10.0.1", "7000")],
+                      "running_default": True}])
+    cleanup.append(lambda: write_asgs(env, []))
+    ta.wait_for("a periodic ASG cycle", lambda: len(agent.log_lines("asgs-updated")) > runs)
+    assert "10.10.0.1" in env.nft_text("cell1", f"chain ip cfnet {ar.netout_chain(probe.handle)}")
+    assert "t14-early" not in ct.handles_in(env.table("cell1"))
