@@ -162,17 +162,21 @@ class Agent:
         """Ensure the table (no flush), adopt the live c2c state, run the first cycle."""
         with self.lock.held():
             existed = self.nft.table_exists(ct.FAMILY, ct.TABLE)
-            lines = ct.base_lines(self.cell_config())
-            if self.underlay_ifs:
-                lines += ct.element_commands("add", "underlay_ifs",
-                                             [f'"{i}"' for i in self.underlay_ifs])
-            self.nft.run(ct.script(lines))
+            self._ensure_base()
             listing = ct.list_c2c(self.nft)
         state = listing.state or ct.C2CState()
         self.log.info("table-ready", adopted=existed, live_allow_set=listing.allow_set,
                       allow_elements=len(state.allow), source_tags=len(state.src_tags))
         self.policy_cycle(full=True)
         self.ready = True
+
+    def _ensure_base(self) -> None:
+        """Add the table, its shared objects and the underlay interfaces (idempotent)."""
+        lines = ct.base_lines(self.cell_config())
+        if self.underlay_ifs:
+            lines += ct.element_commands("add", "underlay_ifs",
+                                         [f'"{i}"' for i in self.underlay_ifs])
+        self.nft.run(ct.script(lines))
 
     # -- c2c --------------------------------------------------------------------------------------
 
@@ -238,6 +242,9 @@ class Agent:
                         self.log.error("c2c-diff-failed", error=str(e))
                         full = True
             if full:
+                if not self.nft.table_exists(ct.FAMILY, ct.TABLE):  # dropped behind our back
+                    self.log.error("table-missing", hint="rebuilding the cell table's base")
+                    self._ensure_base()
                 listing = ct.list_c2c(self.nft)
                 old = listing.state
                 if (listing.allow_set is None or listing.state != desired

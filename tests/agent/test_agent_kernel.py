@@ -432,6 +432,15 @@ def test_dry_run_logs_over_limit_connections_instead_of_rejecting(env: Env, clea
         nft.run(f"flush chain ip cfnet {ar.netout_chain('t9-run')}\n")
     ta.wait_for("netout chain rewritten", lambda: "update @rl-t9-run" in env.nft_text(
         "cell1", f"chain ip cfnet {ar.netout_chain('t9-run')}"))
+    # Even a dropped table comes back (its shared part; per-container structure is the CNI's).
+    with Nft(env.silk.cells["cell1"].ns) as nft:
+        nft.run("delete table ip cfnet\n")
+
+    def rebuilt() -> bool:
+        with Nft(env.silk.cells["cell1"].ns) as nft:
+            return nft.table_exists() and ct.list_c2c(nft).chain_rules > 0
+
+    ta.wait_for("table rebuilt", rebuilt)
 
 
 # -- orphans, endpoints, start-up ------------------------------------------------------------------
