@@ -87,7 +87,8 @@ def iptables_restore_text(chain: str, policies: list[Policy], old: str | None = 
         if p.src not in seen:
             seen.add(p.src)
             lines.append(f"-A {chain} -s {app_ip(p.src)}/32 -m comment --comment "
-                         f"\"src:{app_guid(p.src)}\" -j MARK --set-xmark 0x{p.src + 1:x}/0xffffffff")
+                         f"\"src:{app_guid(p.src)}\" -j MARK "
+                         f"--set-xmark 0x{p.src + 1:x}/0xffffffff")
     for p in policies:
         ports = str(p.lo) if p.lo == p.hi else f"{p.lo}:{p.hi}"
         lines.append(f"-A {chain} -d {app_ip(p.dst)}/32 -p {p.proto} -m {p.proto} --dport {ports} "

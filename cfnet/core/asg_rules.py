@@ -1,4 +1,4 @@
-"""Egress rules (ASGs): parse and validate both upstream shapes, and build one container's netout chain.
+"""Egress rules (ASGs): parse and validate both upstream shapes; build a container's netout chain.
 
 Two shapes reach a cell:
 
@@ -253,7 +253,8 @@ def parse_netout_rule(entry: Any, index: int = 0) -> EgressRule:
             raise ValueError("must be a JSON object")
         p = entry.get("protocol", 0)
         if isinstance(p, bool) or p not in _GARDEN_PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}: must be 0 (all), 1 (tcp), 2 (udp) or 3 (icmp)")
+            raise ValueError(
+                f"unknown protocol {p!r}: must be 0 (all), 1 (tcp), 2 (udp) or 3 (icmp)")
         protocol = _GARDEN_PROTOCOLS[p]
         nets = entry.get("networks") or []
         if not isinstance(nets, list) or not nets:
@@ -266,7 +267,8 @@ def parse_netout_rule(entry: Any, index: int = 0) -> EgressRule:
         icmps = entry.get("icmps")
         if icmps is not None and not isinstance(icmps, dict):
             raise ValueError(f"icmps must be an object, not {icmps!r}")
-        if protocol != "icmp" and icmps and icmps.get("code") is not None and icmps.get("type") is None:
+        if (protocol != "icmp" and icmps and icmps.get("code") is not None
+                and icmps.get("type") is None):
             raise ValueError("ICMP code given without a type")
         return _finish(protocol, networks, ports, icmps, entry.get("log", False))
     except (ValueError, TypeError, nx.NftSyntaxError) as e:
@@ -329,7 +331,8 @@ def egress_rule(rule: EgressRule, verdict: str) -> str:
     return f"{head} {verdict}"
 
 
-def default_netout(handle: str, asg_logging: bool = False, denied_logs_per_sec: int = 1) -> list[str]:
+def default_netout(handle: str, asg_logging: bool = False,
+                   denied_logs_per_sec: int = 1) -> list[str]:
     """The tail every netout chain ends with (and all it holds before rules arrive)."""
     out = []
     if asg_logging:

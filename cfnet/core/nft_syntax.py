@@ -70,7 +70,8 @@ def handle(text: str) -> str:
 def string(text: str) -> str:
     """A double-quoted nft string (comments, log prefixes, interface names)."""
     if any(c in text for c in '"\\\n\r\0'):
-        raise NftSyntaxError(f"nft string may not contain quotes, backslashes or newlines: {text!r}")
+        raise NftSyntaxError(
+            f"nft string may not contain quotes, backslashes or newlines: {text!r}")
     return f'"{text}"'
 
 
@@ -203,7 +204,8 @@ class C2CAllow:
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping and adjacent ranges merged, sorted: [(80,90),(85,100),(101,101)] -> [(80,101)]."""
+    """Overlapping and adjacent ranges merged and sorted: [(80,90),(85,100),(101,101)] ->
+    [(80,101)]."""
     out: list[tuple[int, int]] = []
     for lo, hi in sorted(ranges):
         if out and lo <= out[-1][1] + 1:
@@ -214,7 +216,8 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _merged_groups(entries: Iterable[C2CAllow]) -> list[tuple[str, int, str, list[tuple[int, int]]]]:
+def _merged_groups(
+        entries: Iterable[C2CAllow]) -> list[tuple[str, int, str, list[tuple[int, int]]]]:
     groups: dict[tuple[str, int, str], list[tuple[int, int]]] = {}
     for e in entries:
         if not (isinstance(e.lo, int) and isinstance(e.hi, int) and 0 <= e.lo <= e.hi <= 65535):

@@ -1,4 +1,4 @@
-"""The `ip cfnet` table of a cell (spec dataplane 7.3) and its transactions (7.5), as nft script text.
+"""The `ip cfnet` table of a cell (spec dataplane 7.3) and its transactions (7.5) as nft text.
 
 Every `render_*` function is pure and returns one script; `Nft.run()` applies it as one kernel
 batch. The few functions that read the kernel first (`list_cell`, `remove_container`,
@@ -94,7 +94,8 @@ def base_lines(cfg: CellConfig | None = None) -> list[str]:
     vtep = nx.string(cfg.vtep_name)
     nomasq = nx.cidr(cfg.no_masquerade_cidr)
     out = [f"add table {T}"]
-    out += [f"add {'map' if ':' in decl else 'set'} {T} {n} {{ {decl} }}" for n, decl in SETS.items()]
+    out += [f"add {'map' if ':' in decl else 'set'} {T} {n} {{ {decl} }}"
+            for n, decl in SETS.items()]
     out += [f"add chain {T} c2c", f"add chain {T} c2c-log"]  # contents owned by the agent
     out += _chain_contents("container_input", [
         "ct state established,related accept",
@@ -142,7 +143,7 @@ class ContainerNet:
     ip: str
     egress: NetoutChains  # from cfnet.core.asg_rules.netout_chains
     host_ip: str | None = None  # instance_address (DNAT match address)
-    port_mappings: list[tuple[int, int]] = field(default_factory=list)  # (host port, container port)
+    port_mappings: list[tuple[int, int]] = field(default_factory=list)  # (host, container port)
     static_rules: bool = False  # write egress.netout now (static ASG mode), else egress.defaults
     c2c_logging: bool = False  # DENY_C2C log in overlay-<handle>
     denied_logs_per_sec: int = 1
@@ -166,7 +167,8 @@ def _stale_for(c: ContainerNet, current: TableState) -> list[str]:
     (a reused IP or host port whose owner leaked): map keys only take one value."""
     out = []
     ip = nx.ipv4(c.ip)
-    for vmap, chain in (("netout_v", netout_chain(c.handle)), ("overlay_v", overlay_chain(c.handle))):
+    for vmap, chain in (("netout_v", netout_chain(c.handle)),
+                        ("overlay_v", overlay_chain(c.handle))):
         s = current.sets.get(vmap)
         if s and ip in s.keys and s.keys[ip] != nx.jump(chain):
             out.append(f"delete element {T} {vmap} {{ {ip} }}")
@@ -261,14 +263,16 @@ def container_remove_lines(handle: str, current: TableState | None) -> list[str]
             out += element_commands("delete", name, keys)
         for name in ("containers", "c2c_src_tag"):
             s = current.sets.get(name)
-            out += element_commands("delete", name, [ip for ip in sorted(ips) if s and ip in s.keys])
+            out += element_commands("delete", name,
+                                    [ip for ip in sorted(ips) if s and ip in s.keys])
     chains = _handle_chains(h)
     # add+flush first (rules reference each other and the rl set), then delete: never fails.
     for ch in chains:
         out += [f"add chain {T} {ch}", f"flush chain {T} {ch}"]
     out += [f"delete chain {T} {ch}" for ch in chains]
     if current is None or rl_set(h) in current.sets:
-        out += [f"add set {T} {rl_set(h)} {{ type ipv4_addr . inet_service; flags dynamic,timeout; }}",
+        out += [f"add set {T} {rl_set(h)} "
+                f"{{ type ipv4_addr . inet_service; flags dynamic,timeout; }}",
                 f"delete set {T} {rl_set(h)}"]
     return out
 
@@ -335,7 +339,8 @@ def referenced_handles(state: TableState) -> set[str]:
     return out
 
 
-def find_orphans(state: TableState, live: Iterable[str], include_referenced: bool = False) -> list[str]:
+def find_orphans(state: TableState, live: Iterable[str],
+                 include_referenced: bool = False) -> list[str]:
     """Handles with chains or sets in the table but no datastore entry (`live`); by default
     only those no vmap element references any more (spec 7.5)."""
     candidates = handles_in(state) | (referenced_handles(state) if include_referenced else set())

@@ -47,11 +47,14 @@ def _parse_error(err: str, script: str | None) -> NftError:
     """Turn libnftables' stderr (message, echoed input line, ^^^ marker) into an NftError."""
     lines = [ln for ln in err.splitlines() if ln.strip()]
     messages = [ln for ln in lines if "Error:" in ln]
-    message = messages[0].split("Error:", 1)[1].strip() if messages else (lines[0] if lines else "failed")
+    if messages:
+        message = messages[0].split("Error:", 1)[1].strip()
+    else:
+        message = lines[0] if lines else "failed"
     failing = None
     if messages:
         i = lines.index(messages[0])
-        # The file location prefix ("/dev/stdin:3:1-10: Error:" or "<cmdline>:3:...") names the line.
+        # The location prefix ("/proc/self/fd/5:3:1-10: Error:") names the line.
         loc = messages[0].split("Error:", 1)[0].rstrip(": ").split(":")
         if script is not None and len(loc) >= 2 and loc[1].isdigit():
             src = script.splitlines()
@@ -267,7 +270,7 @@ class SetState:
     key: list[str]
     flags: list[str] = field(default_factory=list)
     data: str | None = None  # map data type ("verdict", "mark", "ipv4_addr . inet_service")
-    elements: list[str] = field(default_factory=list)  # canonical element text (key [comment] [: data])
+    elements: list[str] = field(default_factory=list)  # canonical: key [comment "c"] [: data]
     keys: dict[str, str | None] = field(default_factory=dict)  # key text -> data text (maps) / None
     comments: dict[str, str] = field(default_factory=dict)  # key text -> element comment
     handle: int = 0
