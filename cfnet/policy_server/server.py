@@ -123,6 +123,7 @@ def build(proc: Process) -> tuple[list[Any], list[Callable[[], Awaitable[None]]]
     if INTERNAL in proc.roles and int_cfg is not None:
         from cfnet.policy_server.internal import InternalDeps, health_app, internal_app
         from cfnet.policy_server.watch import LastUpdatedWatch
+        from cfnet.policy_server.wrappers import StrictTransport
         from cfnet.web.tls import TLSFiles, server_context
 
         log = proc.log(INTERNAL)
@@ -132,13 +133,13 @@ def build(proc: Process) -> tuple[list[Any], list[Callable[[], Awaitable[None]]]
         watch = LastUpdatedWatch(store.last_updated_ns, log, postgres_dsn=dsn)
         proc.metrics.watch_waiting.set_function(lambda: watch.waiting if watch else 0)
         calls = StoreCalls(store, proc.metrics, log)
-        ctx = WrapContext(metrics=proc.metrics, log=log, hsts=True)
+        ctx = WrapContext(metrics=proc.metrics, log=log)
         deps = InternalDeps(calls=calls, tag_length=int_cfg.tag_length, watch=watch,
                             max_wait=float(int_cfg.watch_max_wait_seconds), started=started)
         tls = server_context(TLSFiles(Path(int_cfg.server_cert_file), Path(int_cfg.server_key_file),
                                       Path(int_cfg.ca_cert_file)))
         listeners += [
-            Listener("internal", internal_app(deps, ctx), int_cfg.listen_host,
+            Listener("internal", StrictTransport(internal_app(deps, ctx)), int_cfg.listen_host,
                      int_cfg.internal_listen_port, ssl=tls),
             Listener("health", health_app(calls, started, WrapContext(proc.metrics, log)),
                      int_cfg.health_check_host, int_cfg.health_check_port),

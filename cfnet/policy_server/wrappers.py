@@ -2,8 +2,9 @@
 
 External routes, outermost first: HSTS (only with enable_tls) -> nosniff -> XSS -> CORS/frame
 headers -> metrics -> request log (X-VCAP-Request-ID) -> API version check -> authentication ->
-handler. Internal routes: HSTS -> metrics -> request log -> handler. Headers are set on whatever
-the inner layers answer, errors included; router-level 404/405 never reach a wrapper.
+handler. Headers are set on whatever the inner layers answer, errors included; router-level
+404/405 never reach a wrapper. Internal routes: metrics -> request log -> handler, and HSTS on
+every response of the listener (`StrictTransport`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cfnet.core.logs import Logger
 from cfnet.policy_server.metrics import Metrics
@@ -151,12 +153,23 @@ def options_handler(routes: list[Route], ctx: WrapContext) -> Handler:
 
 
 def internal(handler: Handler, name: str, ctx: WrapContext) -> Handler:
-    inner = measured(handler, name, ctx)
+    """Metrics and request log; HSTS comes from `StrictTransport` around the whole router."""
+    return measured(handler, name, ctx)
 
-    async def run(request: Request) -> Response:
-        response = await inner(request)
-        if ctx.hsts:
-            response.headers[HSTS[0]] = HSTS[1]
-        return response
 
-    return run
+class StrictTransport:
+    """HSTS on every response of the mutual-TLS listener, the router's own 404/405 included
+    (upstream wraps the internal router, not each handler)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []),
+                           (HSTS[0].lower().encode(), HSTS[1].encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_hsts)

@@ -80,9 +80,12 @@ def test_put_tags_is_idempotent_per_type(server: Env) -> None:
         assert (r.status_code, r.content) == (400, b'{"error": "failed parsing request body"}')
     r = requests.put(server.int + "/tags", data=b'{"id": "lone-\\ud800", "type": "x"}', **kw)
     assert r.status_code == 200 and r.json()["id"] == "lone-\ufffd"
-    # PUT only on the literal v1 path
+    # PUT only on the literal v1 path; the router's own answers carry HSTS too on this port
     r = requests.put(server.ps.internal_url + "/networking/v0/internal/tags", json={}, **kw)
-    assert r.status_code == 404
+    assert (r.status_code, r.text) == (404, "404 page not found\n")
+    assert r.headers["strict-transport-security"] == "max-age=31536000"
+    r = requests.post(server.int + "/policies", **kw)
+    assert r.status_code == 405 and r.headers["strict-transport-security"] == "max-age=31536000"
 
 
 def test_last_updated_is_a_bare_integer_that_only_writes_move(server: Env) -> None:
