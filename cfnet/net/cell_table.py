@@ -35,7 +35,7 @@ DIFF_MAX_DELETES = 64  # above this many deletions a c2c update swaps the allow 
 ALLOW_SETS = ("c2c_allow", "c2c_allow_b")  # port ranges; the live one is referenced by chain c2c
 ALLOW_TYPE = "type ipv4_addr . mark . inet_proto . inet_service; flags interval;"
 EXACT_SETS = ("c2c_allow_exact", "c2c_allow_exact_b")  # single ports: hash sets, a third
-# cheaper to fill than the interval (pipapo) sets; swapped like them when most of it changes
+# cheaper to fill than the interval (pipapo) sets; swapped together with them
 EXACT_TYPE = "type ipv4_addr . mark . inet_proto . inet_service;"
 
 SETS = {  # shared sets and maps (base ruleset)
@@ -376,7 +376,8 @@ class C2CState:
 
 @dataclass(frozen=True)
 class C2CSets:
-    """The live allow sets (those chain c2c references)."""
+    """The live allow sets (those chain c2c references). Both are always of one generation
+    (`c2c_allow_exact` with `c2c_allow`, `c2c_allow_exact_b` with `c2c_allow_b`)."""
 
     exact: str = EXACT_SETS[0]
     ranges: str = ALLOW_SETS[0]
@@ -497,18 +498,11 @@ def _swap_in(name: str, decl: str, items: list[str]) -> list[str]:
             f"add set {T} {name} {{ {decl} }}", *element_commands("add", name, items)]
 
 
-def _update(live: str | None, names: tuple[str, str], decl: str, had: list[str] | None,
-            want: list[str], max_deletes: int) -> tuple[list[str], str]:
-    """Diff set `live` from `had` to `want` in place when `had` is known and the deletions are
-    few; otherwise fill the other set of the pair. Returns (commands, the set to use)."""
-    if live is not None and had is not None:
-        gone = sorted(set(had) - set(want))
-        if len(gone) <= max_deletes:
-            # add-then-delete: also right when an element is already gone
-            return ([*element_commands("add", live, gone), *element_commands("delete", live, gone),
-                     *element_commands("add", live, sorted(set(want) - set(had)))], live)
-    target = names[1] if live == names[0] else names[0]
-    return _swap_in(target, decl, want), target
+def _diff(name: str, had: list[str], want: list[str]) -> list[str]:
+    gone = sorted(set(had) - set(want))
+    # add-then-delete: also right when an element is already gone
+    return [*element_commands("add", name, gone), *element_commands("delete", name, gone),
+            *element_commands("add", name, sorted(set(want) - set(had)))]
 
 
 def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence[str],
@@ -518,19 +512,30 @@ def _c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Sequence
         nx.element(ip, nx.mark(tag)) for ip, tag in sorted(desired.src_tags.items())])
     lines += _chain_contents("c2c-log", logging_rules)
     want_exact, want_ranges = split_allow(desired.allow)
-    had_exact: list[str] | None = None
-    had_ranges: list[str] | None = None
-    if current.state is not None:
+    live = current.allow_set
+    gen = ALLOW_SETS.index(live) if live in ALLOW_SETS else None
+    in_place = (gen is not None and current.state is not None
+                and current.exact_set == EXACT_SETS[gen])
+    if in_place:
+        assert current.state is not None and gen is not None
         had_exact, had_ranges = split_allow(current.state.allow)
-    # Hash set: a diff is cheap unless most of it changes. Interval set: deletions are
-    # superlinear, so only a few are diffed (module docstring).
-    exact_lines, exact = _update(current.exact_set, EXACT_SETS, EXACT_TYPE, had_exact,
-                                 want_exact, max(DIFF_MAX_DELETES, len(want_exact) // 2))
-    range_lines, ranges = _update(current.allow_set, ALLOW_SETS, ALLOW_TYPE, had_ranges,
-                                  want_ranges, DIFF_MAX_DELETES)
-    sets = C2CSets(exact, ranges)
-    lines += exact_lines + range_lines + _c2c_chain(sets, bool(logging_rules), bypass_cidr)
-    for old, new in ((current.exact_set, exact), (current.allow_set, ranges)):
+        # Interval set: deletions are superlinear, so only a few are diffed (module docstring);
+        # the hash set is diffed unless most of it changes.
+        in_place = (len(set(had_ranges) - set(want_ranges)) <= DIFF_MAX_DELETES and
+                    len(set(had_exact) - set(want_exact)) <= max(DIFF_MAX_DELETES,
+                                                                 len(want_exact) // 2))
+    if in_place:
+        assert gen is not None
+        sets = C2CSets(EXACT_SETS[gen], ALLOW_SETS[gen])
+        lines += _diff(sets.exact, had_exact, want_exact) + _diff(sets.ranges, had_ranges,
+                                                                  want_ranges)
+    else:  # both sets of the other generation are filled and swapped in together
+        new_gen = 1 if gen == 0 else 0
+        sets = C2CSets(EXACT_SETS[new_gen], ALLOW_SETS[new_gen])
+        lines += _swap_in(sets.exact, EXACT_TYPE, want_exact)
+        lines += _swap_in(sets.ranges, ALLOW_TYPE, want_ranges)
+    lines += _c2c_chain(sets, bool(logging_rules), bypass_cidr)
+    for old, new in ((current.exact_set, sets.exact), (current.allow_set, sets.ranges)):
         if old is not None and old != new:
             lines.append(f"delete set {T} {old}")
     return lines, sets
@@ -548,10 +553,13 @@ def render_c2c_replace(desired: C2CState, current: C2CListing, logging_rules: Se
     return script(_c2c_replace(desired, current, logging_rules, bypass_cidr)[0])
 
 
-def render_c2c_diff(old: C2CState, new: C2CState, sets: C2CSets) -> str:
-    """An incremental c2c update from the agent's last applied state to the new one. Removals use
-    add-then-delete, so an element somebody already removed (a container's DEL) does not fail the
-    transaction. Empty string when nothing changed."""
+def render_c2c_diff(old: C2CState, new: C2CState, sets: C2CSets | str) -> str:
+    """An incremental c2c update from the agent's last applied state to the new one, into the
+    live `sets` (or the live interval set's name: its hash set is the one of the same
+    generation). Removals use add-then-delete, so an element somebody already removed (a
+    container's DEL) does not fail the transaction. Empty string when nothing changed."""
+    if isinstance(sets, str):
+        sets = C2CSets(EXACT_SETS[ALLOW_SETS.index(sets)], sets)
     lines: list[str] = []
     gone_exact, gone_ranges = split_allow(old.allow - new.allow)
     new_exact, new_ranges = split_allow(new.allow - old.allow)

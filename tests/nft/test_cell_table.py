@@ -195,6 +195,6 @@ def test_c2c_diff_survives_elements_removed_behind_its_back(cell: Nft) -> None:
     assert "10.255.0.2" not in ct.list_c2c(cell).state.src_tags
     new = ct.C2CState.build({"10.255.0.9": 7, "10.255.0.4": 8},
                             allow(10) + allow(3, port=1) + allow(4, port=2, width=3))
-    cell.run(ct.render_c2c_diff(old, new, live))
+    cell.run(ct.render_c2c_diff(old, new, live.ranges))  # the interval set's name suffices
     assert ct.list_c2c(cell).state == new
     assert ct.render_c2c_diff(new, new, live) == ""
