@@ -44,6 +44,8 @@ class Cloud:
     asg_last_update: str = "2026-01-01T00:00:00Z"
     fail: set[str] = field(default_factory=set)  # path prefixes answered with 500
     on_page: Callable[[int], None] | None = None  # called as each security-group page is served
+    hang: set[str] = field(default_factory=set)  # path prefixes that never answer (until release)
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[Recorded] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +81,8 @@ def _handler(cloud: Cloud) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             cloud.record(Recorded(method, self.path, dict(self.headers.items()), body))
             url = urlsplit(self.path)
+            if any(self.path.startswith(p) for p in cloud.hang):
+                cloud.release.wait(120)  # a peer that accepted the request and went silent
             if any(self.path.startswith(p) for p in cloud.fail):
                 return self._reply(500, {"error": "stub failure"})
             query = parse_qs(url.query, keep_blank_values=True)
@@ -175,5 +179,6 @@ def serve_stub(cloud: Cloud, tls: ssl.SSLContext | None = None) -> Iterator[str]
     try:
         yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
+        cloud.release.set()
         server.shutdown()
         server.server_close()

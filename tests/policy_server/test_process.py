@@ -372,3 +372,24 @@ def test_self_service_skips_the_scope_check_but_not_the_guard(fresh_server: Star
     assert r.json() == {"error": "one or more applications cannot be found or accessed"}
     r = requests.get(env.ext + "/tags", headers=env.auth(NOSCOPE), timeout=10)
     assert r.json() == {"error": "provided scopes [] do not include allowed scopes [network.admin]"}
+
+
+def test_a_hung_uaa_or_cloud_controller_times_out(fresh_server: StartEnv) -> None:
+    """Upstream's UAA/CC clients have no timeout, so one hung peer hangs every request."""
+    from ps_env import WRITER
+
+    env = fresh_server(request_timeout=1)
+    env.cloud.hang.add("/check_token")
+    try:
+        r = requests.get(env.ext + "/whoami", headers=env.auth(), timeout=60)
+        assert (r.status_code, r.json()) == (401, {"error": "failed to verify token with uaa"})
+        env.cloud.hang = {"/v2/spaces"}
+        env.cloud.apps.update({"a": "s1", "b": "s1"})
+        r = env.create([v1("a", "b")], token=WRITER)
+        assert (r.status_code, r.json()) == (500, {"error": "check access failed"})
+        assert env.create([v1("a", "b")]).status_code == 200  # as admin: no CC involved
+        env.cloud.hang = {"/v3/apps"}
+        r = requests.post(env.ext + "/policies/cleanup", headers=env.auth(), timeout=60)
+        assert (r.status_code, r.json()) == (500, {"error": "policies cleanup failed"})
+    finally:
+        env.cloud.release.set()
