@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PREFIX = "cfnlab"
+# Several labs can run side by side (the tests do) under different prefixes.
+PREFIX = os.environ.get("CFNET_LAB_PREFIX", "cfnlab")
 DEFAULT_DIR = Path(os.environ.get("CFNET_LAB_DIR", "/var/lib/cfnet/lab"))
 OVERLAY = "10.255.0.0/16"
 UNDERLAY = "10.10.0.0/24"

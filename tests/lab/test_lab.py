@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from cfnet.lab.state import PREFIX
 from cfnet.net import netns
 
 pytestmark = pytest.mark.privileged
 
+# A prefix of its own, so a lab someone runs on the same machine is never touched.
+PREFIX = f"cfnlt{uuid.uuid4().hex[:5]}"
+
 
 def cfnet(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cfnet", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, "CFNET_LAB_PREFIX": PREFIX})
 
 
 def lab_namespaces() -> list[str]:
