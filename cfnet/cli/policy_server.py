@@ -18,7 +18,7 @@ HELP = "\n\n".join([
     "tokens), the internal API for cell agents (mutual TLS), health and debug listeners, the "
     "stale-policy cleaner and, optionally, the ASG syncer.",
     "Quick start (SQLite, static tokens, no UAA or Cloud Controller): write certificates with "
-    "`cfnet certs generate DIR`, point the `internal` *_file keys of examples/policy-server.json "
+    "`cfnet certs generate --dir DIR`, point the `internal` *_file keys of examples/policy-server.json "
     "at them and `static_tokens_file` at a copy of examples/policy-server-tokens.json, then run "
     "`cfnet policy-server serve --config-file policy-server.json`.",
     "`serve` runs every role it has a config for; `serve-external`, `serve-internal` and "
