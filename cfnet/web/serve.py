@@ -2,8 +2,9 @@
 
 A role such as the policy server has an external listener, an internal mutual-TLS listener, a
 health listener and a debug listener, plus pollers. `run` serves them all on one asyncio loop and
-stops them together on SIGTERM or SIGINT: listeners stop accepting, in-flight requests finish
-(up to `grace` seconds), background tasks are cancelled, and `run` returns.
+stops them together on SIGTERM or SIGINT: listeners stop accepting, idle keep-alive connections
+are closed at once, in-flight requests finish (up to `grace` seconds), background tasks are
+cancelled, and `run` returns.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from typing import Any
 
 import uvicorn
 
+# How long a closing TLS connection may wait for the peer's close_notify during shutdown. asyncio
+# waits for it (up to 30 s) before it reports the connection lost, and uvicorn waits for every
+# connection to be lost; an idle keep-alive connection whose client never reads (a requests pool)
+# would otherwise hold the process for the whole grace period.
+CLOSE_NOTIFY_WAIT = 0.5
 
 @dataclass
 class Listener:
@@ -54,6 +60,32 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown (idle connections closed, in-flight ones finish their response),
+        plus a reaper that aborts connections stuck in their TLS close."""
+        reaper = asyncio.create_task(self._abort_lingering_closes())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            reaper.cancel()
+
+    async def _abort_lingering_closes(self) -> None:
+        loop = asyncio.get_running_loop()
+        closing_since: dict[int, float] = {}
+        while True:
+            now = loop.time()
+            for conn in list(self.server_state.connections):
+                transport = getattr(conn, "transport", None)
+                # A connection still serving a request is not closing yet: it is left alone.
+                if transport is None or not transport.is_closing():
+                    continue
+                since = closing_since.setdefault(id(conn), now)
+                # Abort only once everything written has left (the response is out); what is
+                # left is the close_notify exchange.
+                if now - since >= CLOSE_NOTIFY_WAIT and transport.get_write_buffer_size() == 0:
+                    transport.abort()
+            await asyncio.sleep(0.05)
 
 
 def _server(listener: Listener, grace: float) -> _Server:
