@@ -37,14 +37,21 @@ def _require_root() -> None:
 
 @app.command()
 def up(cells: int = typer.Option(2, "--cells", min=1, max=20, help="Number of cells."),
+       db: str = typer.Option("sqlite", "--db", help="sqlite; postgres (a PostgreSQL server of "
+                              "the lab's own, in the control plane); or a postgresql://USER"
+                              "[:PASSWORD]@HOST[:PORT]/DB URL reachable from the control plane."),
+       policy_servers: int = typer.Option(1, "--policy-servers", min=1, max=5,
+                                          help="Policy-server replicas (more than 1 needs "
+                                               "PostgreSQL); a TCP balancer fronts them."),
        directory: Path = DirOption) -> None:
     """Bring up a lab (does nothing if one is already up in --dir)."""
-    from cfnet.lab import deploy
+    from cfnet.lab import deploy, procs
 
     _require_root()
     try:
-        state = deploy.up(directory, cells=cells, progress=lambda m: console.print(f"• {m}"))
-    except deploy.LabError as e:
+        state = deploy.up(directory, cells=cells, db=db, policy_servers=policy_servers,
+                          progress=lambda m: console.print(f"• {m}", highlight=False))
+    except (deploy.LabError, procs.ProcessError) as e:
         _fail(e)
     console.print(f"[green]lab up[/green] in {state.directory}")
 
@@ -117,24 +124,212 @@ def policy(ctx: typer.Context, directory: Path = DirOption) -> None:
 
 
 @app.command()
-def status(directory: Path = DirOption) -> None:
-    """Cells, subnets and containers of the running lab."""
+def status(as_json: bool = typer.Option(False, "--json", help="One JSON document."),
+           directory: Path = DirOption) -> None:
+    """Hosts, processes, leases, containers, policies, ASGs and nftables counts per cell."""
+    import json
+
+    from cfnet.lab import deploy, status as lab_status
+
+    _require_root()
+    try:
+        doc = lab_status.collect(directory)
+    except deploy.LabError as e:
+        _fail(e)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    table = Table("host", "namespace", "underlay IP", "overlay subnet", title="hosts")
+    for name, host in doc["hosts"].items():
+        table.add_row(name, host["namespace"], host["ip"], host["subnet"])
+    console.print(table)
+    pt = Table("process", "pid", "state", title="processes")
+    for name, proc in doc["processes"].items():
+        pt.add_row(name, str(proc["pid"]),
+                   "[green]running[/green]" if proc["running"] else "[red]stopped[/red]")
+    console.print(pt)
+    if isinstance(doc["leases"], str):
+        console.print(f"leases: {doc['leases']}", highlight=False)
+    else:
+        lt = Table("underlay IP", "overlay subnet", "VTEP MAC", title="leases (silk-controller)")
+        for lease in doc["leases"]:
+            lt.add_row(lease["underlay_ip"], lease["overlay_subnet"], lease["overlay_hardware_addr"])
+        console.print(lt)
+    if doc["containers"]:
+        ct = Table("app", "instance", "cell", "container IP", "host port", "handle",
+                   title="containers")
+        for c in doc["containers"]:
+            ct.add_row(c["app"], str(c["instance"]), c["cell"], c["ip"], str(c["host_port"]),
+                       c["handle"])
+        console.print(ct)
+    nt = Table("cell", "chains", "rules", "set elements", title="nftables")
+    for cell, counts in doc["nftables"].items():
+        if "error" in counts:
+            nt.add_row(cell, "", "", counts["error"])
+        else:
+            nt.add_row(cell, str(counts["chains"]), str(counts["rules"]), str(counts["elements"]))
+    console.print(nt)
+    for g in doc["asgs"]:
+        console.print(f"ASG {g['name']} ({g['bound_to']}): {json.dumps(g['rules'])}",
+                      highlight=False)
+    console.print(f"policies: {doc['policies']}; policy server: {doc['policy_server']} "
+                  f"({doc['database']}, {doc['policy_servers']} replica(s)); admin token in "
+                  f"{doc['directory']}/tokens.json", highlight=False)
+
+
+asg_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                      help="Egress security groups (ASGs): the lab stands in for Cloud Controller. "
+                           "The cells' agents apply changes to running containers within seconds.")
+app.add_typer(asg_app, name="asg")
+
+
+@asg_app.command("add")
+def asg_add(name: str = typer.Argument(..., help="Group name."),
+            destination: str = typer.Option(..., "--destination", help="IP, CIDR or range "
+                                            "A-B, comma-separated."),
+            protocol: str = typer.Option("tcp", "--protocol", help="tcp, udp, icmp or all."),
+            ports: str = typer.Option("", "--ports", help="For tcp/udp: 80, 80,443 or 8000-9000."),
+            space: str = typer.Option(None, "--space", help="Bind to the space of this lab app."),
+            running_default: bool = typer.Option(False, "--running-default",
+                                                 help="Bind to every running app."),
+            directory: Path = DirOption) -> None:
+    """Add a group with one rule, bound to an app's space or to every running app."""
+    from cfnet.lab import asgs, deploy
+
+    _require_root()
+    try:
+        group = asgs.add(name, destination, protocol, ports, space, running_default, directory)
+    except deploy.LabError as e:
+        _fail(e)
+    console.print(f"Added ASG {group['name']} ({group['bound_to']})", highlight=False)
+
+
+@asg_app.command("remove")
+def asg_remove(name: str = typer.Argument(..., help="Group name."),
+               directory: Path = DirOption) -> None:
+    """Remove a group; its egress is denied again within seconds."""
+    from cfnet.lab import asgs, deploy
+
+    _require_root()
+    try:
+        asgs.remove(name, directory)
+    except deploy.LabError as e:
+        _fail(e)
+    console.print(f"Removed ASG {name}", highlight=False)
+
+
+@asg_app.command("list")
+def asg_list(directory: Path = DirOption) -> None:
+    """The lab's groups and their rules."""
+    import json
+
+    from cfnet.lab import asgs, deploy
+
+    try:
+        groups = asgs.groups(directory)
+    except deploy.LabError as e:
+        _fail(e)
+    table = Table("name", "bound to", "rules")
+    for g in groups:
+        table.add_row(g["name"], g.get("bound_to", ""), json.dumps(g["rules"]))
+    console.print(table)
+
+
+def _process(directory: Path, name: str) -> tuple[object, object]:
     from cfnet.lab import deploy
 
     try:
         state = deploy.require(directory)
     except deploy.LabError as e:
         _fail(e)
-    table = Table("host", "namespace", "underlay IP", "overlay subnet")
-    for name, host in state.hosts.items():
-        table.add_row(name, host.ns, host.ip, state.subnets.get(name, ""))
-    console.print(table)
-    if state.containers:
-        ct = Table("app", "instance", "cell", "container IP", "handle")
-        for c in state.containers:
-            ct.add_row(c.app, str(c.instance), c.cell, c.ip, c.handle)
-        console.print(ct)
-    console.print(f"policy server: {state.policy_external_url} (token in {state.directory}/tokens.json)")
+    if name not in state.processes:
+        _fail(ValueError(f"no process {name!r} in the lab; one of: "
+                         f"{', '.join(state.processes)}"))
+    return state, state.processes[name]
+
+
+ProcessArg = typer.Argument(..., help="A process as `cfnet lab status` names it, e.g. "
+                                      "policy-server, silk-controller, cell1/vxlan-agent.")
+
+
+@app.command()
+def stop(name: str = ProcessArg,
+         kill: bool = typer.Option(False, "--kill", help="SIGKILL: a crash, not a shutdown."),
+         directory: Path = DirOption) -> None:
+    """Stop one lab process (SIGTERM, or SIGKILL with --kill)."""
+    from cfnet.lab import procs
+
+    _require_root()
+    _state, proc = _process(directory, name)
+    try:
+        procs.stop(proc, kill=kill)
+    except procs.ProcessError as e:
+        _fail(e)
+    console.print(f"stopped {name}", highlight=False)
+
+
+@app.command()
+def start(name: str = ProcessArg, directory: Path = DirOption) -> None:
+    """Start a stopped lab process again and wait until it is healthy."""
+    from cfnet.lab import procs
+
+    _require_root()
+    state, proc = _process(directory, name)
+    try:
+        procs.start(state, proc)
+    except procs.ProcessError as e:
+        _fail(e)
+    console.print(f"started {name} (pid {proc.pid})", highlight=False)
+
+
+@app.command()
+def restart(name: str = ProcessArg,
+            kill: bool = typer.Option(False, "--kill", help="SIGKILL instead of SIGTERM."),
+            directory: Path = DirOption) -> None:
+    """Stop a lab process and start it again (same config, address and state)."""
+    from cfnet.lab import procs
+
+    _require_root()
+    state, proc = _process(directory, name)
+    try:
+        procs.stop(proc, kill=kill)
+        procs.start(state, proc)
+    except procs.ProcessError as e:
+        _fail(e)
+    console.print(f"restarted {name} (pid {proc.pid})", highlight=False)
+
+
+@app.command()
+def kill(container: str = typer.Argument(..., help="APP/INSTANCE or a handle."),
+         directory: Path = DirOption) -> None:
+    """Kill a container the hard way: processes killed, namespace gone, no garden-hook down.
+
+    Its IP, port and rules stay until `cfnet lab gc`.
+    """
+    from cfnet.lab import apps, deploy
+
+    _require_root()
+    try:
+        c = apps.kill(container, directory)
+    except deploy.LabError as e:
+        _fail(e)
+    console.print(f"killed {c.app}/{c.instance} ({c.handle}) on {c.cell}", highlight=False)
+
+
+@app.command()
+def gc(directory: Path = DirOption) -> None:
+    """Clean up dead containers with `garden-hook down`, as Garden does for containers it lost."""
+    from cfnet.lab import apps, deploy
+
+    _require_root()
+    try:
+        cleaned = apps.gc(directory)
+    except deploy.LabError as e:
+        _fail(e)
+    for c in cleaned:
+        console.print(f"• cleaned {c.app}/{c.instance} ({c.handle}, {c.ip}) on {c.cell}",
+                      highlight=False)
+    console.print(f"{len(cleaned)} dead container(s) cleaned up", highlight=False)
 
 
 @app.command()

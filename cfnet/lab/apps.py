@@ -2,8 +2,14 @@
 
 A container is a network namespace with the lab responder running in it (Garden's container
 process). The hook runs in the cell's network namespace with the container process's pid,
-app/space/org ids in the properties, one port mapping and the lab's egress rules, and runs the
-cell's CNI chain (cni-wrapper-plugin -> silk-cni).
+app/space/org ids in the properties and one port mapping, and runs the cell's CNI chain
+(cni-wrapper-plugin -> silk-cni); the agent then writes the container's egress rules from the
+ASGs.
+
+`kill` makes a container die the hard way: its processes are killed and its namespace is gone
+(the `ip netns` name and Garden's bind mount, as after a reboot), without `garden-hook down`.
+Its IP, port, datastore entry and nftables state stay behind until `gc` runs `garden-hook down`
+for every container whose namespace is gone, as Garden does for containers it finds dead.
 """
 
 from __future__ import annotations
@@ -21,14 +27,8 @@ from cfnet.net import netns
 
 APP_PORT = 8080
 OTHER_PORT = 9090  # also served, never named in a policy by the demo
-INTERNET_PORTS = (80, 8081)  # the egress rules allow the first and not the second
-
-
-def netout_rules(state: LabState) -> list[dict[str, Any]]:
-    """Garden NetOutRules: tcp to the lab's internet host on port 80, nothing else."""
-    internet = state.hosts["internet"].ip
-    return [{"protocol": 1, "networks": [{"start": internet, "end": internet}],
-             "ports": [{"start": INTERNET_PORTS[0], "end": INTERNET_PORTS[0]}]}]
+ECHO_PORT = 7007  # a byte echo, for long-lived connections
+INTERNET_PORTS = (80, 8081)  # the demo's ASG allows the first and not the second
 
 
 def garden_hook(state: LabState, cell: str, action: str, handle: str,
@@ -63,13 +63,14 @@ def push(app: str, instances: int = 1, directory: Path = DEFAULT_DIR) -> list[La
         with open(state.logs / f"{handle}.log", "ab") as log:
             process = netns.spawn(ns, [sys.executable, "-m", "cfnet.lab.responder", "serve",
                                        app, str(i), str(APP_PORT),
-                                       str(OTHER_PORT)], log=log)
+                                       str(OTHER_PORT), f"echo:{ECHO_PORT}"], log=log)
         stdin = {"Pid": process.pid,
                  "Properties": {"app_id": ids["app_id"], "space_id": ids["space_id"],
                                 "org_id": ids["org_id"], "policy_group_id": ids["app_id"],
                                 "ports": str(APP_PORT), "container_workload": "app"},
                  "netin": [{"host_port": 0, "container_port": APP_PORT}],
-                 "netout_rules": netout_rules(state)}
+                 # Egress comes from the ASGs the agents sync (`cfnet lab asg`), not from Garden.
+                 "netout_rules": []}
         try:
             out = garden_hook(state, cell, "up", handle, stdin)
             props = out["properties"]
@@ -122,3 +123,54 @@ def policy(state: LabState, *args: str) -> tuple[int, str]:
                                             "--api", state.policy_external_url,
                                             "--token", state.admin_token], check=False)
     return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def find(state: LabState, ref: str) -> LabContainer:
+    """A container by handle or by APP/INSTANCE (APP alone means instance 0)."""
+    app, _, inst = ref.partition("/")
+    for c in state.containers:
+        if c.handle == ref or (c.app == app and str(c.instance) == (inst or "0")):
+            return c
+    raise LabError(f"no container {ref!r} in the lab (see `cfnet lab status`)")
+
+
+def _bind_mount(state: LabState, c: LabContainer) -> Path:
+    adapter = json.loads(adapter_path(state, c.cell).read_text())
+    return Path(adapter["bind_mount_dir"]) / c.handle
+
+
+def kill(ref: str, directory: Path = DEFAULT_DIR) -> LabContainer:
+    """Kill a container's processes and drop its namespace, without `garden-hook down`."""
+    import ctypes
+    import os
+    import signal
+
+    state = require(directory)
+    c = find(state, ref)
+    for pid in netns.pids_in(c.ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    mount = _bind_mount(state, c)
+    if mount.exists():
+        ctypes.CDLL(None, use_errno=True).umount2(str(mount).encode(), 2)  # MNT_DETACH
+    netns.remove(c.ns)
+    return c
+
+
+def dead(state: LabState, c: LabContainer) -> bool:
+    return not netns.exists(c.ns) or not netns.pids_in(c.ns)
+
+
+def gc(directory: Path = DEFAULT_DIR) -> list[LabContainer]:
+    """`garden-hook down` for every container whose namespace or processes are gone."""
+    state = require(directory)
+    cleaned = []
+    for c in [c for c in state.containers if dead(state, c)]:
+        garden_hook(state, c.cell, "down", c.handle)
+        netns.remove(c.ns)
+        state.containers = [x for x in state.containers if x.handle != c.handle]
+        state.save()
+        cleaned.append(c)
+    return cleaned

@@ -2,7 +2,8 @@
 
 Each check is a name, a pass/fail and a detail line, and each one looks at real traffic between
 namespaces: container to container across cells and on one cell, router to container through a
-mapped host port, container to the "internet" host through the egress rules.
+mapped host port, container to the "internet" host through an ASG the demo adds while the
+containers run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cfnet.lab import apps, deploy
+from cfnet.lab import apps, asgs, deploy
 from cfnet.lab.state import DEFAULT_DIR, LabContainer, LabState
 
 PROPAGATION_TARGET_S = 1.0
@@ -32,6 +33,15 @@ def _wait_reachable(src: LabContainer, dst: LabContainer, port: int, deadline_s:
     while time.monotonic() - start < deadline_s:
         if apps.probe(src.ns, dst.ip, port, timeout=0.3)[0]:
             return time.monotonic() - start
+    return None
+
+
+def _wait_egress(src: LabContainer, host: str, port: int, deadline_s: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        if apps.probe(src.ns, host, port, timeout=0.3)[0]:
+            return time.monotonic() - start
+        time.sleep(0.1)
     return None
 
 
@@ -111,10 +121,19 @@ def run_demo(directory: Path = DEFAULT_DIR, keep: bool = False,
               f"{cell_ip}:{remote.host_port} -> {remote.ip}:{apps.APP_PORT}: {text}")
 
         internet = state.hosts["internet"].ip
-        ok, text = apps.probe(front.ns, internet, apps.INTERNET_PORTS[0])
-        check("egress allowed by the ASG rule", ok, f"{internet}:{apps.INTERNET_PORTS[0]}: {text}")
-        ok, text = apps.probe(front.ns, internet, apps.INTERNET_PORTS[1])
-        check("egress denied elsewhere", not ok, f"{internet}:{apps.INTERNET_PORTS[1]}: {text}")
+        web, other = apps.INTERNET_PORTS
+        ok, text = apps.probe(front.ns, internet, web)
+        check("egress denied without an ASG", not ok, f"{internet}:{web}: {text}")
+        group = asgs.add("demo-egress", internet, "tcp", str(web), space_app="frontend",
+                         directory=directory)
+        took = _wait_egress(front, internet, web, deadline_s=15)
+        check("ASG added (cfnet lab asg add) allows egress, no restart", took is not None,
+              f"tcp {internet}:{web} for {group['bound_to']}, "
+              + (f"applied in {took:.1f} s" if took is not None else "never applied"))
+        ok, text = apps.probe(front.ns, internet, other)
+        check("egress denied where no ASG allows it", not ok, f"{internet}:{other}: {text}")
+        ok, text = apps.probe(local.ns, internet, web)
+        check("egress denied for apps in other spaces", not ok, f"backend: {text}")
 
         rc, out = apps.policy(state, "list", "--json")  # the CLI, as a developer uses it
         try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cfnet.lab.state import DEFAULT_DIR, OVERLAY, PREFIX, UNDERLAY, LabHost, LabState
+from cfnet.lab import procs
+from cfnet.lab.state import DEFAULT_DIR, OVERLAY, PREFIX, UNDERLAY, LabHost, LabProcess, \
+    LabState
 from cfnet.net import netns
 from cfnet.net.topology import Host, Topology, destroy_prefix
 from cfnet.store.db import DatabaseConfig
@@ -40,47 +41,82 @@ def _python() -> list[str]:
     return [sys.executable, "-m", "cfnet"]
 
 
-def _wait_http(ns: str, url: str, what: str, timeout: float = 60.0,
-               process: Any = None, log: Path | None = None) -> None:
-    from cfnet.testing.silk import http_in_netns
+def _database(state: LabState, role: str) -> DatabaseConfig:
+    """A role's database block: SQLite in the lab directory, the lab's PostgreSQL, or --db URL."""
+    from cfnet.lab import postgres
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if http_in_netns(ns, url, timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        if process is not None and process.poll() is not None:
-            tail = log.read_text(errors="replace")[-800:] if log else ""
-            raise LabError(f"{what} exited during start-up: {tail}")
-        time.sleep(0.1)
-    raise LabError(f"{what} did not become healthy within {timeout:.0f} s")
+    if state.database == "sqlite":
+        return DatabaseConfig(type="sqlite", path=str(Path(state.directory) / f"{role}.db"),
+                              timeout=10)
+    if state.database == "postgres":
+        return postgres.role_database(role)
+    return postgres.from_url(state.database_url)
 
 
-def _start_policy_server(topo: Topology, cp: Host, state: LabState, bundle: Any) -> None:
+def _start_postgres(state: LabState, cp: Host) -> None:
+    from cfnet.lab import postgres
+
+    data = postgres.cluster_dir(Path(state.directory), PREFIX)
+    state.postgres_dir = str(data)
+    state.save()  # so that `down` finds the cluster even if what follows fails
+    postgres.init(data)
+    procs.start(state, LabProcess("postgres", "cp", postgres.server_argv(data),
+                                  str(state.logs / "postgres.log"),
+                                  health=f"tcp://127.0.0.1:{postgres.PORT}"))
+    postgres.create_databases(cp.ns)
+    state.database_url = f"postgresql://{postgres.USER}@127.0.0.1:{postgres.PORT}"
+
+
+def _replica_ports(n: int, replicas: int) -> dict[str, int]:
+    """Listener ports of policy-server replica `n` (1-based); one replica keeps the usual ones."""
+    if replicas == 1:
+        return {"external": POLICY_EXTERNAL_PORT, "internal": POLICY_INTERNAL_PORT,
+                "health": POLICY_HEALTH_PORT, "debug": 31821, "internal_debug": 31945}
+    return {"external": 4010 + n, "internal": 4020 + n, "health": POLICY_HEALTH_PORT + n,
+            "debug": 31830 + n, "internal_debug": 31950 + n}
+
+
+def _start_policy_servers(cp: Host, state: LabState, bundle: Any) -> None:
+    """One policy server, or `state.policy_servers` replicas behind the lab's balancer."""
     from cfnet.testing.policy_server import ADMIN_TOKEN, policy_server_configs, write_tokens
 
     work = Path(state.directory)
-    db = DatabaseConfig(type="sqlite", path=str(work / "policy-server.db"), timeout=10)
     tokens = write_tokens(work / "tokens.json")
-    external, internal = policy_server_configs(bundle, db, tokens, listen_host=cp.ip)
-    external.update(listen_port=POLICY_EXTERNAL_PORT, debug_server_port=31821)
-    internal.update(internal_listen_port=POLICY_INTERNAL_PORT,
-                    health_check_port=POLICY_HEALTH_PORT, debug_server_port=31945)
-    (work / "policy-server.json").write_text(json.dumps(external, indent=2))
-    (work / "policy-server-internal.json").write_text(json.dumps(internal, indent=2))
-    log = state.logs / "policy-server.log"
-    with open(log, "ab") as out:
-        proc = topo.spawn("cp", [*_python(), "policy-server", "serve",
-                                 "--config-file", str(work / "policy-server.json"),
-                                 "--internal-config-file", str(work / "policy-server-internal.json")],
-                          log=out)
-    _wait_http(cp.ns, f"http://{cp.ip}:{POLICY_HEALTH_PORT}/health", "policy-server",
-               process=proc, log=log)
+    db = _database(state, "policy-server")
+    backends: dict[str, list[str]] = {"external": [], "internal": []}
+    for n in range(1, state.policy_servers + 1):
+        ports = _replica_ports(n, state.policy_servers)
+        external, internal = policy_server_configs(bundle, db, tokens, listen_host=cp.ip)
+        external.update(listen_port=ports["external"], debug_server_port=ports["debug"])
+        internal.update(internal_listen_port=ports["internal"], health_check_port=ports["health"],
+                        debug_server_port=ports["internal_debug"])
+        name = "policy-server" if state.policy_servers == 1 else f"policy-server-{n}"
+        ext_path, int_path = work / f"{name}.json", work / f"{name}-internal.json"
+        ext_path.write_text(json.dumps(external, indent=2))
+        int_path.write_text(json.dumps(internal, indent=2))
+        procs.start(state, LabProcess(
+            name, "cp", [*_python(), "policy-server", "serve", "--config-file", str(ext_path),
+                         "--internal-config-file", str(int_path)],
+            str(state.logs / f"{name}.log"),
+            health=f"http://{cp.ip}:{ports['health']}/health"))
+        for kind in backends:
+            backends[kind].append(f"{cp.ip}:{ports[kind]}")
+    if state.policy_servers > 1:
+        specs = [f"{cp.ip}:{POLICY_EXTERNAL_PORT}={','.join(backends['external'])}",
+                 f"{cp.ip}:{POLICY_INTERNAL_PORT}={','.join(backends['internal'])}"]
+        procs.start(state, LabProcess("balancer", "cp", [sys.executable, "-m",
+                                                         "cfnet.lab.balancer", *specs],
+                                      str(state.logs / "balancer.log"),
+                                      health=f"tcp://{cp.ip}:{POLICY_EXTERNAL_PORT}"))
     state.policy_external_url = f"http://{cp.ip}:{POLICY_EXTERNAL_PORT}"
     state.policy_internal_url = f"https://{cp.ip}:{POLICY_INTERNAL_PORT}"
     state.admin_token = ADMIN_TOKEN
+
+
+def replica_external_url(state: LabState, n: int) -> str:
+    """The external API of replica `n` itself, bypassing the balancer."""
+    ip = state.hosts["cp"].ip
+    return f"http://{ip}:{_replica_ports(n, state.policy_servers)['external']}"
 
 
 def _cell_files(state: LabState, cell: Any, agent: Any) -> None:
@@ -137,36 +173,61 @@ def is_up(directory: Path = DEFAULT_DIR) -> bool:
     return state is not None and all(netns.exists(h.ns) for h in state.hosts.values())
 
 
-def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print) -> LabState:
-    """Build the lab; if one is already up in `directory`, return its state unchanged."""
+def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print,
+       db: str = "sqlite", policy_servers: int = 1) -> LabState:
+    """Build the lab; if one is already up in `directory`, return its state unchanged.
+
+    `db` is "sqlite", "postgres" (a PostgreSQL server of the lab's own in the control plane) or
+    a postgresql:// URL reachable from the control-plane namespace. Several policy servers need
+    PostgreSQL; they share the database and sit behind a TCP balancer on the usual ports.
+    """
     from types import SimpleNamespace
 
+    from cfnet.lab import postgres
     from cfnet.testing.agent import start_agent
     from cfnet.testing.silk import SilkDeployment, start_controller_in
     from cfnet.web.tls import generate_bundle
 
     if cells < 1:
         raise LabError("--cells must be at least 1")
+    if policy_servers < 1:
+        raise LabError("--policy-servers must be at least 1")
+    kind = db if db in ("sqlite", "postgres") else "url"
+    if kind == "url":
+        try:
+            postgres.from_url(db)
+        except postgres.PostgresError as e:
+            raise LabError(str(e)) from None
+    if policy_servers > 1 and kind == "sqlite":
+        raise LabError("--policy-servers above 1 needs a shared database: add --db postgres")
     existing = LabState.load(directory)
     if existing is not None and is_up(directory):
         progress(f"lab already up in {directory}")
         return existing
     down(directory, progress=lambda _msg: None)  # whatever a crashed run left
     directory.mkdir(parents=True, exist_ok=True)
-    state = LabState(directory=str(directory))
+    state = LabState(directory=str(directory), database=kind,
+                     database_url=db if kind == "url" else "", policy_servers=policy_servers)
     state.logs.mkdir(parents=True, exist_ok=True)
     topo = Topology(prefix=PREFIX, network=UNDERLAY)
     try:
         progress("underlay bridge and control plane")
         topo.create()
         cp = topo.add_host("cp")
+        state.hosts["cp"] = LabHost("cp", cp.ns, cp.ip)
         bundle = generate_bundle(state.certs, server_names=[cp.ip, "localhost", "127.0.0.1"])
-        _start_policy_server(topo, cp, state, bundle)
-        progress(f"policy-server on {state.policy_external_url}")
-        controller_db = DatabaseConfig(type="sqlite", path=str(directory / "silk-controller.db"),
-                                       timeout=10)
+        if kind == "postgres":
+            _start_postgres(state, cp)
+            progress(f"PostgreSQL in the control plane ({state.postgres_dir})")
+        _start_policy_servers(cp, state, bundle)
+        replicas = f", {policy_servers} replicas behind a balancer" if policy_servers > 1 else ""
+        progress(f"policy-server on {state.policy_external_url} ({kind}{replicas})")
+        controller_db = _database(state, "silk-controller")
         controller = start_controller_in(topo, cp, state.logs / "silk-controller", controller_db,
                                          bundle=bundle)
+        procs.record(state, "silk-controller", "cp", [*_python(), "silk-controller",
+                                                      "--config-file", str(controller.config_path)],
+                     controller.stdout_path, controller.process.pid, controller.health_url)
         state.controller_url = controller.url
         progress(f"silk-controller on {controller.url}")
         silk = SilkDeployment(topo, state.logs, controller, cp,
@@ -175,25 +236,50 @@ def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print
         for i in range(cells):
             name = f"cell{i + 1}"
             cell = silk.add_cell(name)
+            state.hosts[name] = LabHost(name, cell.ns, cell.underlay_ip)
             state.cells.append(name)
             state.subnets[name] = cell.overlay_subnet
+            procs.record(state, f"{name}/silk-daemon", name,
+                         [*_python(), "silk-daemon", "run", "--config-file", str(cell.config_path)],
+                         cell.output_path, cell.process.pid,
+                         "http://127.0.0.1:23954/")
             # Upstream's c2c poll interval, plus cfnet's watch: changes arrive at once anyway.
+            # ASGs come from the policy server (`cfnet lab asg`), polled every second.
             agent = start_agent(cell, state.logs / name / "agent", server, poll_interval=5,
-                                enable_asg_syncing=False, log_level="info")
+                                enable_asg_syncing=True, asg_poll_interval=1, log_level="info")
+            procs.record(state, f"{name}/vxlan-agent", name,
+                         [*_python(), "vxlan-agent", "--config-file", str(agent.config_path)],
+                         agent.output_path, agent.process.pid, "http://127.0.0.1:8721/health")
             _cell_files(state, cell, agent)
             progress(f"{name}: silk-daemon (subnet {cell.overlay_subnet}), vxlan-agent")
         silk.wait_converged(timeout=60)
         for name in ("router", "internet"):
             topo.add_host(name)
-        with open(state.logs / "internet.log", "ab") as log:
-            topo.spawn("internet", [sys.executable, "-m", "cfnet.lab.responder", "serve",
-                                    "internet", "0", "80", "8081"], log=log)
         state.hosts = {name: LabHost(name, h.ns, h.ip) for name, h in topo.hosts.items()}
+        procs.start(state, LabProcess(
+            "internet", "internet", [sys.executable, "-m", "cfnet.lab.responder", "serve",
+                                     "internet", "0", "80", "8081"],
+            str(state.logs / "internet.log"), health=f"tcp://{state.hosts['internet'].ip}:80"))
         state.save()
     except BaseException:
+        _stop_postgres(state)
         topo.destroy()
         raise
     return state
+
+
+def _stop_postgres(state: LabState) -> None:
+    from cfnet.lab import postgres
+
+    proc = state.processes.get("postgres")
+    if proc is not None:
+        try:
+            procs.stop(proc)
+        except procs.ProcessError:
+            pass
+    if state.postgres_dir:
+        postgres.remove(Path(state.postgres_dir))
+    postgres.remove(postgres.fallback_dir(PREFIX))
 
 
 def _unmount_below(directory: Path) -> None:
@@ -210,7 +296,21 @@ def _unmount_below(directory: Path) -> None:
 
 def down(directory: Path = DEFAULT_DIR, progress: Progress = print) -> list[str]:
     """Stop every lab process and remove every lab namespace and file; safe to repeat."""
+    from cfnet.lab import postgres
+
+    state = LabState.load(directory) if directory.exists() else None
+    if state is not None:
+        # Gracefully first, PostgreSQL last, so that it shuts down cleanly (no shared memory or
+        # half-written cluster left behind); whatever remains is killed with its namespace.
+        for name, proc in state.processes.items():
+            if name != "postgres":
+                try:
+                    procs.stop(proc, timeout=5)
+                except procs.ProcessError:
+                    pass
+        _stop_postgres(state)
     removed = destroy_prefix(PREFIX)
+    postgres.remove(postgres.fallback_dir(PREFIX))
     if directory.exists():
         _unmount_below(directory)
     for name in removed:

@@ -2,7 +2,7 @@
 
 Both use bare sockets: `http.server` stalls on reverse DNS lookups inside an isolated namespace.
 
-    python -m cfnet.lab.responder serve NAME INSTANCE PORT [PORT ...]
+    python -m cfnet.lab.responder serve NAME INSTANCE PORT [PORT ...] [echo:PORT]
     python -m cfnet.lab.responder probe HOST PORT [--timeout S]
 """
 
@@ -13,7 +13,8 @@ import sys
 import threading
 
 
-def serve(name: str, instance: str, ports: list[int]) -> None:
+def serve(name: str, instance: str, ports: list[int], echo_ports: tuple[int, ...] = ()) -> None:
+    """HTTP answers `NAME/INSTANCE` on `ports`; a byte echo on `echo_ports` (long connections)."""
     body = f"{name}/{instance}\n".encode()
     response = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
@@ -30,7 +31,22 @@ def serve(name: str, instance: str, ports: list[int]) -> None:
                 except OSError:
                     pass
 
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def echo_loop(port: int) -> None:
+        server = socket.create_server(("0.0.0.0", port), reuse_port=True)
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
     threads = [threading.Thread(target=loop, args=(p,), daemon=True) for p in ports]
+    threads += [threading.Thread(target=echo_loop, args=(p,), daemon=True) for p in echo_ports]
     for t in threads:
         t.start()
     for t in threads:
@@ -60,7 +76,8 @@ def probe(host: str, port: int, timeout: float = 2.0) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 4 and argv[0] == "serve":
-        serve(argv[1], argv[2], [int(p) for p in argv[3:]])
+        serve(argv[1], argv[2], [int(p) for p in argv[3:] if not p.startswith("echo:")],
+              tuple(int(p[5:]) for p in argv[3:] if p.startswith("echo:")))
         return 0
     if len(argv) >= 3 and argv[0] == "probe":
         timeout = float(argv[4]) if len(argv) >= 5 and argv[3] == "--timeout" else 2.0

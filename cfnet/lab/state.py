@@ -39,9 +39,24 @@ class LabContainer:
 
 
 @dataclass
+class LabProcess:
+    """One long-running lab process, enough to stop and start it again (`cfnet lab restart`)."""
+
+    name: str  # e.g. "policy-server-1", "cell1/vxlan-agent"
+    host: str  # the lab host whose namespace it runs in
+    argv: list[str]  # run inside the host's namespace
+    log: str
+    pid: int = 0
+    health: str = ""  # http://... or tcp://HOST:PORT, probed inside the namespace
+
+
+@dataclass
 class LabState:
     directory: str
-    database: str = "sqlite"
+    database: str = "sqlite"  # "sqlite", "postgres" (the lab's own server) or "url"
+    database_url: str = ""  # postgresql://... for "postgres" and "url"
+    postgres_dir: str = ""  # the lab's own PostgreSQL cluster (removed by `down`)
+    policy_servers: int = 1
     hosts: dict[str, LabHost] = field(default_factory=dict)
     cells: list[str] = field(default_factory=list)
     subnets: dict[str, str] = field(default_factory=dict)
@@ -51,6 +66,8 @@ class LabState:
     controller_url: str = ""
     apps: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> guid, space, org
     containers: list[LabContainer] = field(default_factory=list)
+    processes: dict[str, LabProcess] = field(default_factory=dict)
+    asgs: list[dict[str, Any]] = field(default_factory=list)  # name, guid, rules, binding
 
     @property
     def path(self) -> Path:
@@ -78,6 +95,7 @@ class LabState:
             return None
         data["hosts"] = {k: LabHost(**v) for k, v in data.get("hosts", {}).items()}
         data["containers"] = [LabContainer(**c) for c in data.get("containers", [])]
+        data["processes"] = {k: LabProcess(**v) for k, v in data.get("processes", {}).items()}
         return cls(**data)
 
     def containers_of(self, app: str) -> list[LabContainer]:
