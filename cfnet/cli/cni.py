@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, help="CNI plugins (silk, wrapper) as a container runtime calls them.")
+app = typer.Typer(add_completion=False,
+                  help="CNI plugins (silk, wrapper, bandwidth) as a container runtime calls them.")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -34,8 +34,10 @@ def _hand_over(action: str, handle: str, config_file: str) -> None:
 
 @app.command()
 def up(
-    handle: str = typer.Option(..., "--handle", help="Garden's container handle."),
-    config_file: str = typer.Option(..., "--configFile", help="adapter.json (upstream keys)."),
+    handle: str = typer.Option(..., "--handle", metavar="HANDLE",
+                               help="Garden's container handle."),
+    config_file: str = typer.Option(..., "--configFile", metavar="PATH",
+                                    help="adapter.json (upstream keys)."),
 ) -> None:
     """Create the container's network. stdin: Garden's JSON; stdout: one JSON line."""
     _hand_over("up", handle, config_file)
@@ -43,8 +45,10 @@ def up(
 
 @app.command()
 def down(
-    handle: str = typer.Option(..., "--handle", help="Garden's container handle."),
-    config_file: str = typer.Option(..., "--configFile", help="adapter.json (upstream keys)."),
+    handle: str = typer.Option(..., "--handle", metavar="HANDLE",
+                               help="Garden's container handle."),
+    config_file: str = typer.Option(..., "--configFile", metavar="PATH",
+                                    help="adapter.json (upstream keys)."),
 ) -> None:
     """Remove the container's network (idempotent: succeeds when it is already gone)."""
     _hand_over("down", handle, config_file)

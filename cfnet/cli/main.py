@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("cfnet.cli.certs", "Generate a CA and certificates for the mutual-TLS APIs."),
     "silk-controller": ("cfnet.cli.silk_controller", "Run the Silk subnet lease controller."),
     "silk-daemon": ("cfnet.cli.silk_daemon", "Run the Silk daemon that wires a cell into the overlay."),
-    "cni": ("cfnet.cli.cni", "CNI plugins (silk, wrapper) as a container runtime calls them."),
+    "cni": ("cfnet.cli.cni",
+            "CNI plugins (silk, wrapper, bandwidth) as a container runtime calls them."),
     "garden-hook": ("cfnet.cli.garden_hook", "Set up or tear down a container's network for Garden."),
     "vxlan-agent": ("cfnet.cli.vxlan_agent", "Enforce policies and egress rules on a cell."),
     "iptables-logger": ("cfnet.cli.iptables_logger",
@@ -86,7 +87,8 @@ def _build_app() -> Any:
         no_args_is_help=True,
         add_completion=False,
         help="Policy-driven container networking for Cloud Foundry-style platforms.\n\n"
-        "One executable, a subcommand for every role. Run `cfnet COMMAND --help` for details.",
+        "One executable, a subcommand for every role. Every command takes --help, e.g. "
+        "`cfnet policy-server --help`.",
     )
 
     @app.callback(invoke_without_command=True)

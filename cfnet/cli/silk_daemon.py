@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Run the Silk daemon that wires a cell into the overlay.")
+app = typer.Typer(
+    add_completion=False,
+    help="Run the Silk daemon that wires a cell into the overlay: it keeps this cell's subnet "
+         "lease and its VTEP, routes and neighbours up to date, and answers the CNI's netinfo "
+         "requests.\n\n`cfnet silk-daemon --config-file F` is the same as `run`; `teardown` "
+         "releases the lease.")
 
 _CONFIG_HELP = "Daemon config file: upstream silk-daemon JSON, or TOML with the same keys."
 

@@ -19,7 +19,10 @@ def main(
                                     help="Agent config: upstream vxlan-policy-agent JSON, or "
                                          "TOML with the same keys."),
     reset: bool = typer.Option(False, "--reset",
-                               help="Drop and rebuild the cell table, then exit."),
+                               help="Drop and rebuild the cell's nftables table (`ip cfnet`), "
+                                    "then exit: what pre-start does. It removes every "
+                                    "container's rules; never on a cell with running "
+                                    "containers."),
 ) -> None:
     """Run until SIGTERM: watch the policy server, program nftables, serve the force endpoints."""
     if reset:
