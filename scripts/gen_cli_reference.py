@@ -213,7 +213,10 @@ def describe_param(param: Param) -> str:
     bounds = _range(param)
     if bounds:
         facts.append(bounds)
-    if param.multiple or (param.nargs not in (1, None) and param.param_type_name == "option"):
+    text = " ".join(paragraphs(getattr(param, "help", None)))
+    repeatable = param.multiple or (param.nargs not in (1, None)
+                                    and param.param_type_name == "option")
+    if repeatable and "repeatable" not in text:
         facts.append("repeatable")
     if param.param_type_name == "argument" and param.nargs != 1:
         facts.append("one or more" if param.required else "any number")
@@ -224,7 +227,6 @@ def describe_param(param: Param) -> str:
     head = _code(value_name(param) if param.param_type_name == "argument" else _names(param))
     if facts:
         head += f" ({'; '.join(facts)})"
-    text = " ".join(paragraphs(getattr(param, "help", None)))
     return f"- {head}: {text}" if text else f"- {head}"
 
 
@@ -234,8 +236,7 @@ def usage(node: Node) -> str:
     pieces = [node.title]
     for p in params:
         if p.param_type_name == "option" and p.required:
-            pieces.append(_names(p).split(", ")[0] if not value_name(p)
-                          else f"{p.opts[0]} {value_name(p)}")
+            pieces.append(" ".join(filter(None, [p.opts[0], value_name(p)])))
     if any(p.param_type_name == "option" and not p.required for p in params):
         pieces.append("[OPTIONS]")
     for p in params:
