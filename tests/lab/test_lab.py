@@ -38,6 +38,7 @@ def test_demo_passes_and_leaves_nothing(lab_dir: Path) -> None:
     proc = cfnet("lab", "demo", "--dir", str(lab_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAIL" not in proc.stdout
+    assert "ASG added" in proc.stdout and "egress denied without an ASG" in proc.stdout
     assert lab_namespaces() == []
     assert not lab_dir.exists()
 
