@@ -218,11 +218,36 @@ class PolicyStore:
         if (both and not (src and dst)) or not (src or dst):
             return []
         with self.db.transaction() as tx:
-            if tx.dialect == "sqlite":
-                sql, params = self._sqlite_by_guids(src, dst, both)
+            return self._tagged(self._rows_by_guids(tx, src, dst, both))
+
+    def policy_rows(self, ids: list[str] | None) -> tuple[list[tuple[Any, ...]], int]:
+        """The internal fetch without model objects: rows (row id, source, source tag,
+        destination, destination tag, protocol, start, end) in row-id order, of every policy
+        (`ids` None) or of those whose source or destination is in `ids`; and the stamp in ns.
+
+        The stamp is read after the rows, in the same transaction. Every write bumps it in its own
+        transaction, so a caller that read the same stamp before this call knows that no write
+        committed in between: the rows are the state at that stamp (even under PostgreSQL's READ
+        COMMITTED, where each statement has its own snapshot).
+        """
+        with self.db.transaction() as tx:
+            if ids is None:
+                rows = tx.all(_SELECT_POLICIES + " ORDER BY p.id")
             else:
-                sql, params = self._pg_by_guids(src, dst, both)
-            return self._tagged(tx.all(sql, params))
+                unique = list(dict.fromkeys(ids))
+                rows = self._rows_by_guids(tx, unique, unique, False) if unique else []
+            us = tx.scalar("SELECT last_updated_us FROM policies_info WHERE id = 1")
+        if us is None:
+            raise StoreError("policies_info has no row: run the migrations")
+        return rows, int(us) * 1000
+
+    def _rows_by_guids(self, tx: Tx, src: list[str], dst: list[str],
+                       both: bool) -> list[tuple[Any, ...]]:
+        if tx.dialect == "sqlite":
+            sql, params = self._sqlite_by_guids(src, dst, both)
+        else:
+            sql, params = self._pg_by_guids(src, dst, both)
+        return tx.all(sql, params)
 
     @staticmethod
     def _sqlite_by_guids(src: list[str], dst: list[str], both: bool) -> tuple[str, list[Any]]:
