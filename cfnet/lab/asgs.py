@@ -57,7 +57,11 @@ def _write(state: LabState) -> None:
         finally:
             db.close()
 
-    netns.call_in(state.hosts["cp"].ns, write, timeout=60)
+    try:
+        netns.call_in(state.hosts["cp"].ns, write, timeout=60)
+    except Exception as e:  # noqa: BLE001 - the database is down, say so in one line
+        raise LabError(f"could not write the security groups to the policy server's "
+                       f"database: {e}") from None
 
 
 def add(name: str, destination: str, protocol: str, ports: str = "",

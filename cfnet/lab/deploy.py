@@ -261,9 +261,13 @@ def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print
                                      "internet", "0", "80", "8081"],
             str(state.logs / "internet.log"), health=f"tcp://{state.hosts['internet'].ip}:80"))
         state.save()
-    except BaseException:
+    except BaseException as e:
         _stop_postgres(state)
         topo.destroy()
+        from cfnet.testing.silk import DeploymentFailed
+
+        if isinstance(e, (postgres.PostgresError, procs.ProcessError, DeploymentFailed)):
+            raise LabError(str(e)) from None  # one line for the user; logs are in the lab dir
         raise
     return state
 

@@ -70,3 +70,12 @@ def test_up_push_curl_status_down(lab_dir: Path) -> None:
     assert cfnet("lab", "down", *d).returncode == 0
     assert lab_namespaces() == []
     assert cfnet("lab", "down", *d).returncode == 0  # twice is fine
+
+
+def test_up_refuses_bad_database_options(lab_dir: Path) -> None:
+    for args, message in ((["--db", "mysql://x"], "expected sqlite, postgres"),
+                          (["--policy-servers", "2"], "needs a shared database")):
+        proc = cfnet("lab", "up", *args, "--dir", str(lab_dir))
+        assert proc.returncode != 0 and message in proc.stderr, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert lab_namespaces() == []
