@@ -26,12 +26,14 @@ from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
-Entry = tuple[tuple[int, str], ...]  # (policy row id, rendered policy), in row-id order
+Entry = dict[int, str]  # policy row id -> rendered policy, in row-id order (a dict: the union
+# of a fetch is then `dict.update`, the fastest merge Python has)
 
-DEFAULT_MAX_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_BYTES = 96 * 1024 * 1024  # all of 100k policies over 20k apps: about 64 MiB
 ATTEMPTS = 3  # fetches that keep losing the race with writes answer uncached after this
-_ENTRY_OVERHEAD = 200  # bytes per cached app id: the key, the tuple, the LRU node
-_PAIR_OVERHEAD = 72  # bytes per cached policy besides its text: the pair, the int, the str header
+# Measured with tracemalloc (100k policies, 20k apps: estimate 62 MiB, allocated 64 MiB).
+_ENTRY_OVERHEAD = 300  # bytes per cached app id: the key, its dict, the LRU node
+_PAIR_OVERHEAD = 100  # bytes per cached policy besides its text: the slot, the int, the str header
 
 _POLICY = ('{"source":{"id":%s,"tag":"%s"},"destination":{"id":%s,"tag":"%s","protocol":%s,'
            '"ports":{"start":%d,"end":%d}}}')
@@ -129,16 +131,16 @@ class PolicyCache:
 
     def _split(self, rows: list[tuple[Any, ...]], ids: list[str]) -> dict[str, Entry]:
         """Each id's policies (as source or destination) from rows in row-id order."""
-        lists: dict[str, list[tuple[int, str]]] = {app: [] for app in ids}
+        entries: dict[str, Entry] = {app: {} for app in ids}
         tag = self.tag
         for row in rows:
-            pair = (int(row[0]), render_row(row, tag))
+            rid, text = int(row[0]), render_row(row, tag)
             src, dst = row[1], row[3]
-            if src in lists:
-                lists[src].append(pair)
-            if dst in lists and dst != src:
-                lists[dst].append(pair)
-        return {app: tuple(pairs) for app, pairs in lists.items()}
+            if src in entries:
+                entries[src][rid] = text
+            if dst in entries:
+                entries[dst][rid] = text
+        return entries
 
     def _keep(self, stamp: int, fresh: dict[str, Entry]) -> None:
         with self._lock:
@@ -147,7 +149,7 @@ class PolicyCache:
             entries = self._entries
             for app, entry in fresh.items():
                 size = _ENTRY_OVERHEAD + len(app) + sum(_PAIR_OVERHEAD + len(text)
-                                                        for _, text in entry)
+                                                        for text in entry.values())
                 if size > self.max_bytes:
                     continue
                 old = entries.pop(app, None)
@@ -162,7 +164,7 @@ class PolicyCache:
     @staticmethod
     def _union(entries: list[Entry]) -> bytes:
         if len(entries) == 1:
-            return policies_body([text for _, text in entries[0]])
+            return policies_body(list(entries[0].values()))
         merged: dict[int, str] = {}
         for entry in entries:
             merged.update(entry)
