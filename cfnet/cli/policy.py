@@ -8,8 +8,9 @@ URL and token come from `--api`/`--token`, else `CFNET_API`/`CFNET_TOKEN`, else 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -17,6 +18,7 @@ import typer
 
 from cfnet.cli import render
 from cfnet.clients.http import DEFAULT_TIMEOUT, InvalidInput
+from cfnet.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from cfnet.clients.policy_api import PolicyClient
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 ENV_API = "CFNET_API"
 ENV_TOKEN = "CFNET_TOKEN"
 ENV_CA_CERT = "CFNET_CA_CERT"
+ENV_TIMEOUT = "CFNET_TIMEOUT"
+# One rule for the flag, the environment and the config file.
+MIN_TIMEOUT = 0.001
+MAX_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -32,7 +38,7 @@ class CliConfig:
 
     api: str = ""
     token: str = ""
-    timeout: float = field(default=DEFAULT_TIMEOUT, metadata={"min": 0.001})
+    timeout: float = DEFAULT_TIMEOUT  # checked by resolve_settings, as flag and env are
     ca_cert: str = ""
 
 
@@ -61,29 +67,72 @@ def load_cli_config(path: Path | None, env: Mapping[str, str] | None = None) -> 
     return build_config(read_config_file(target), CliConfig)
 
 
+def timeout_problem(value: float) -> str | None:
+    """Why `value` is not a usable timeout, or None when it is."""
+    if not math.isfinite(value) or not MIN_TIMEOUT <= value <= MAX_TIMEOUT:
+        return f"must be a number of seconds from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g}"
+    return None
+
+
+def _parse_timeout(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    problem = timeout_problem(value)
+    if problem:
+        raise InvalidInput(f"invalid timeout {text!r} from {where}: {problem}")
+    return value
+
+
+def _checked(check: Callable[[str], object], value: str, key: str, from_file: bool,
+             where: str) -> None:
+    """Run `check`; a problem with a config file value is a ConfigError naming the key."""
+    try:
+        check(value)
+    except InvalidInput as e:
+        if from_file:
+            raise ConfigError(f"invalid config: key '{key}': {e}") from None
+        raise InvalidInput(f"{e} (from {where})") from None
+
+
 def resolve_settings(api: str | None = None, token: str | None = None, *,
-                     config: Path | None = None, timeout: float | None = None,
+                     config: Path | None = None, timeout: float | str | None = None,
                      ca_cert: str | None = None,
                      env: Mapping[str, str] | None = None) -> Settings:
-    """Each setting from the flag, else the environment, else the config file (empty = unset)."""
+    """Each setting from the flag, else the environment, else the config file (empty = unset).
+
+    Every value is checked here, before any request: a bad flag or environment value is
+    `InvalidInput` (usage), a bad config file value a `ConfigError` naming the key.
+    """
+    from cfnet.clients.policy_api import check_token, external_base
+
     env = os.environ if env is None else env
     file = load_cli_config(config, env)
     chosen_api = api or env.get(ENV_API) or file.api
     if not chosen_api:
         raise InvalidInput(f"no policy server URL: pass --api URL, set {ENV_API}, "
                            f"or set 'api' in {config or default_config_path(env)}")
-    chosen_timeout = timeout if timeout is not None else file.timeout
-    if chosen_timeout <= 0:
-        raise InvalidInput(f"invalid timeout {chosen_timeout:g}: must be more than 0 seconds")
+    _checked(external_base, chosen_api, "api", not (api or env.get(ENV_API)),
+             "--api" if api else ENV_API)
+    chosen_token = token or env.get(ENV_TOKEN) or file.token or None
+    if chosen_token is not None:
+        _checked(check_token, chosen_token, "token", not (token or env.get(ENV_TOKEN)),
+                 "--token" if token else ENV_TOKEN)
+    if timeout is not None:
+        chosen_timeout = _parse_timeout(str(timeout), "--timeout")
+    elif env.get(ENV_TIMEOUT):
+        chosen_timeout = _parse_timeout(env[ENV_TIMEOUT], ENV_TIMEOUT)
+    else:
+        chosen_timeout = file.timeout
+        problem = timeout_problem(chosen_timeout)
+        if problem:
+            raise ConfigError(f"invalid config: key 'timeout': {chosen_timeout:g} {problem}")
     chosen_ca = ca_cert or env.get(ENV_CA_CERT) or file.ca_cert or None
     if chosen_ca is not None and not Path(chosen_ca).is_file():
-        raise InvalidInput(f"CA certificate file {chosen_ca} does not exist")
-    return Settings(
-        api=chosen_api,
-        token=token or env.get(ENV_TOKEN) or file.token or None,
-        timeout=chosen_timeout,
-        ca_cert=chosen_ca,
-    )
+        what = "is not a file" if Path(chosen_ca).exists() else "does not exist"
+        raise InvalidInput(f"CA certificate file {chosen_ca} {what}")
+    return Settings(api=chosen_api, token=chosen_token, timeout=chosen_timeout, ca_cert=chosen_ca)
 
 
 def make_client(settings: Settings) -> PolicyClient:
@@ -100,13 +149,16 @@ ApiOpt = Annotated[Optional[str], typer.Option(
 TokenOpt = Annotated[Optional[str], typer.Option(
     "--token", metavar="TOKEN", show_default=False,
     help=f"Bearer token (UAA or a static token) (env {ENV_TOKEN}).")]
+# A directory or unreadable file is reported by the loader as a config error (exit 3).
 ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", metavar="FILE", show_default=False, dir_okay=False,
+    "--config", metavar="FILE", show_default=False,
     help="CLI config file with keys api, token, timeout, ca_cert "
          "(default ~/.config/cfnet/cli.toml).")]
-TimeoutOpt = Annotated[Optional[float], typer.Option(
+# A string, checked by resolve_settings, so `nan` or `abc` get the same one-line error.
+TimeoutOpt = Annotated[Optional[str], typer.Option(
     "--timeout", metavar="SECONDS", show_default=False,
-    help=f"Connect and read timeout (default {DEFAULT_TIMEOUT:g}).")]
+    help=f"Connect and read timeout, {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} "
+         f"(default {DEFAULT_TIMEOUT:g}) (env {ENV_TIMEOUT}).")]
 CaCertOpt = Annotated[Optional[str], typer.Option(
     "--ca-cert", metavar="FILE", show_default=False,
     help=f"CA to verify an https server with (env {ENV_CA_CERT}).")]
@@ -125,7 +177,7 @@ app = typer.Typer(
 )
 
 
-def _connect(api: str | None, token: str | None, config: Path | None, timeout: float | None,
+def _connect(api: str | None, token: str | None, config: Path | None, timeout: str | None,
              ca_cert: str | None) -> PolicyClient:
     return make_client(resolve_settings(api, token, config=config, timeout=timeout,
                                         ca_cert=ca_cert))
@@ -187,11 +239,14 @@ def remove(
     api: ApiOpt = None, token: TokenOpt = None, config: ConfigOpt = None,
     timeout: TimeoutOpt = None, ca_cert: CaCertOpt = None,
 ) -> None:
-    """Remove exactly this policy; says so (exit 0) when it does not exist, like the cf CLI."""
+    """Remove exactly this policy; says so (exit 0) when it does not exist, like the cf CLI.
+
+    A single port above 65535 is accepted here (not in add): the v0 API stores such ports.
+    """
     from cfnet.clients.policy_api import make_policy
 
     with render.errors_to_exit():
-        policy = make_policy(source, destination, protocol, port)
+        policy = make_policy(source, destination, protocol, port, allow_v0_port=True)
         with _connect(api, token, config, timeout, ca_cert) as client:
             removed = client.remove(policy)
         if as_json:
@@ -233,7 +288,7 @@ def whoami(
         if as_json:
             render.print_json({"subject": subject})
         else:
-            render.print_line(subject)
+            render.print_line(render.safe(subject))
 
 
 @app.command("cleanup")

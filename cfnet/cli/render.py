@@ -2,13 +2,16 @@
 
 Human output is a rich table on stdout; `--json` output is indented JSON with the API's own keys.
 Errors are one line, `error: <text>`, on stderr, followed by an exit code from `ExitCode`. Text
-that came from a server or a user is never read as rich markup (`[network.admin]` stays as is).
+that came from a server or a user is never read as rich markup (`[network.admin]` stays as is),
+and its control characters are shown escaped (`safe`), so an app id cannot drive the terminal.
+`--json` output is exact: JSON escapes control characters itself.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,9 +27,23 @@ if TYPE_CHECKING:
     from cfnet.clients.policy_api import Policy, Tag
 
 
+def safe(text: str) -> str:
+    """`text` with control and format characters escaped (`\\x1b`, `\\u202e`), for a terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co",
+                                                         "Cn", "Zs"):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def fail(message: str, code: ExitCode) -> NoReturn:
     """Print `error: message` as one line on stderr and exit with `code`."""
-    line = " ".join(str(message).split())
+    line = safe(" ".join(str(message).split()))
     sys.stderr.write(f"error: {line}\n")
     sys.stderr.flush()
     raise typer.Exit(int(code))
@@ -89,7 +106,8 @@ def policy_table(policies: Sequence[Policy]) -> None:
     for name in ("source", "destination", "protocol", "ports"):
         table.add_column(name, no_wrap=True)
     for p in policies:
-        table.add_row(Text(p.source), Text(p.destination), Text(p.protocol), Text(p.ports))
+        table.add_row(Text(safe(p.source)), Text(safe(p.destination)), Text(safe(p.protocol)),
+                      Text(p.ports))
     console().print(table)
 
 
@@ -102,10 +120,11 @@ def tag_table(tags: Sequence[Tag]) -> None:
     for name in ("id", "tag", "type"):
         table.add_column(name, no_wrap=True)
     for t in tags:
-        table.add_row(Text(t.id), Text(t.tag), Text(t.type))
+        table.add_row(Text(safe(t.id)), Text(safe(t.tag)), Text(safe(t.type)))
     console().print(table)
 
 
 def describe(policy: Policy) -> str:
-    """`app-a -> app-b tcp 8080`, for one-line messages."""
-    return f"{policy.source} -> {policy.destination} {policy.protocol} {policy.ports}"
+    """`app-a -> app-b tcp 8080`, for one-line messages (ids escaped, see `safe`)."""
+    return f"{safe(policy.source)} -> {safe(policy.destination)} {safe(policy.protocol)} " \
+        f"{policy.ports}"

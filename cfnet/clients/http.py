@@ -46,12 +46,25 @@ class InvalidInput(CfnetError, ValueError):
 
 
 def normalize_base_url(url: str) -> str:
-    """Check that `url` is an http(s) URL with a host, and drop any trailing slash."""
+    """Check that `url` is an http(s) URL with a host and a valid port, and drop a trailing slash.
+
+    A query or fragment is refused: the client appends API paths, which would land inside them.
+    """
     text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidInput(f"invalid API URL {url!r}: "
-                           "expected http://HOST:PORT or https://HOST:PORT")
+    expected = "expected http://HOST:PORT or https://HOST:PORT"
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in text):
+        raise InvalidInput(f"invalid API URL {url!r}: contains whitespace or a control character")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise InvalidInput(f"invalid API URL {url!r}: {e}; {expected}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"invalid API URL {url!r}: {expected}")
+    if port == 0:
+        raise InvalidInput(f"invalid API URL {url!r}: port 0; the port must be 1-65535")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise InvalidInput(f"invalid API URL {url!r}: must not have a query or fragment; {expected}")
     return text.rstrip("/")
 
 

@@ -17,9 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from cfnet.clients.http import DEFAULT_TIMEOUT, ApiError, InvalidInput, Transport, unexpected
+from cfnet.clients.http import (DEFAULT_TIMEOUT, ApiError, InvalidInput, Transport,
+                               normalize_base_url, unexpected)
 
 API_PREFIX = "/networking/v1/external"
+# v0 stores a single port with no upper bound (a kept upstream quirk); only v0 can name such a
+# policy again, so removing one goes through the v0 delete.
+V0_PREFIX = "/networking/v0/external"
+MAX_PORT = 65535
+MAX_V0_PORT = 2**63 - 1  # Go's int
 PROTOCOLS = ("tcp", "udp")
 DEFAULT_PROTOCOL = "tcp"
 DEFAULT_PORT = "8080"
@@ -46,6 +52,12 @@ class Policy:
             "destination": {"id": self.destination, "protocol": self.protocol,
                             "ports": {"start": self.start, "end": self.end}},
         }
+
+    def to_v0(self) -> dict[str, Any]:
+        """The v0 shape (one port): only for a single-port policy."""
+        return {"source": {"id": self.source},
+                "destination": {"id": self.destination, "protocol": self.protocol,
+                                "port": self.start}}
 
     @classmethod
     def from_v1(cls, data: Any) -> Policy:
@@ -85,20 +97,34 @@ class Tag:
         return tag
 
 
-def parse_ports(text: str) -> tuple[int, int]:
-    """`8080` -> (8080, 8080), `8080-8090` -> (8080, 8090); anything else is InvalidInput."""
+def parse_ports(text: str, *, allow_v0_port: bool = False) -> tuple[int, int]:
+    """`8080` -> (8080, 8080), `8080-8090` -> (8080, 8090); anything else is InvalidInput.
+
+    `allow_v0_port` also accepts a single port above 65535, which only the v0 API can store.
+    """
     raw = text.strip()
     parts = raw.split("-")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+    if len(parts) not in (1, 2) or not all(p.strip().isascii() and p.strip().isdigit()
+                                           and len(p.strip()) <= 20 for p in parts):
         raise InvalidInput(f"invalid port {text!r}: expected a port (8080) or a range (8080-8090)")
     start, end = int(parts[0]), int(parts[-1])
+    v0_single = allow_v0_port and len(parts) == 1 and MAX_PORT < start <= MAX_V0_PORT
     for port in (start, end):
-        if not 1 <= port <= 65535:
-            raise InvalidInput(f"invalid port {port}, must be in range 1-65535")
+        if not 1 <= port <= MAX_PORT and not v0_single:
+            raise InvalidInput(f"invalid port {port}, must be in range 1-{MAX_PORT}")
     if start > end:
         raise InvalidInput(
             f"invalid port range {start}-{end}, start must be less than or equal to end")
     return start, end
+
+
+def check_token(token: str) -> str:
+    """Return `token` if it can go in an Authorization header as is, else InvalidInput."""
+    if token != token.strip():
+        raise InvalidInput("invalid token: leading or trailing whitespace")
+    if not all(0x20 <= ord(ch) < 0x7F for ch in token):
+        raise InvalidInput("invalid token: only printable ASCII characters are allowed")
+    return token
 
 
 def check_protocol(protocol: str) -> str:
@@ -109,19 +135,19 @@ def check_protocol(protocol: str) -> str:
 
 
 def make_policy(source: str, destination: str, protocol: str = DEFAULT_PROTOCOL,
-                ports: str = DEFAULT_PORT) -> Policy:
+                ports: str = DEFAULT_PORT, *, allow_v0_port: bool = False) -> Policy:
     """Build a policy from command-line style input, checking it as the server would."""
     if not source:
         raise InvalidInput("missing source app id")
     if not destination:
         raise InvalidInput("missing destination app id")
-    start, end = parse_ports(ports)
+    start, end = parse_ports(ports, allow_v0_port=allow_v0_port)
     return Policy(source, destination, check_protocol(protocol), start, end)
 
 
 def external_base(url: str) -> str:
     """Accept the server root (`http://host:4002`) or a full `.../networking/v1/external` URL."""
-    text = url.strip().rstrip("/")
+    text = normalize_base_url(url)
     path = urlsplit(text).path
     if path.endswith(API_PREFIX):
         return text[: len(text) - len(API_PREFIX)]
@@ -155,7 +181,7 @@ class PolicyClient:
 
     def __init__(self, base_url: str, token: str | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT, ca_cert: str | None = None) -> None:
-        headers = {"Authorization": f"bearer {token}"} if token else {}
+        headers = {"Authorization": f"bearer {check_token(token)}"} if token else {}
         self._http = Transport(external_base(base_url), timeout=timeout, headers=headers,
                                verify=ca_cert or True)
 
@@ -177,8 +203,18 @@ class PolicyClient:
         self._http.request("POST", f"{API_PREFIX}/policies", body=policies_body(policies))
 
     def delete(self, policies: Sequence[Policy]) -> None:
-        """Delete exactly these policies; the server skips ones that do not exist."""
-        self._http.request("POST", f"{API_PREFIX}/policies/delete", body=policies_body(policies))
+        """Delete exactly these policies; the server skips ones that do not exist.
+
+        A policy with a port above 65535 (stored through v0) is deleted through v0, the only
+        version that accepts it.
+        """
+        v1 = [p for p in policies if p.end <= MAX_PORT]
+        v0 = [p for p in policies if p.end > MAX_PORT]
+        if v1:
+            self._http.request("POST", f"{API_PREFIX}/policies/delete", body=policies_body(v1))
+        if v0:
+            self._http.request("POST", f"{V0_PREFIX}/policies/delete",
+                               body={"policies": [p.to_v0() for p in v0]})
 
     def list(self, ids: Sequence[str] | None = None, *, source_ids: Sequence[str] | None = None,
              dest_ids: Sequence[str] | None = None) -> list[Policy]:
@@ -231,4 +267,5 @@ class PolicyClient:
 
 
 __all__ = ["ApiError", "InvalidInput", "Policy", "PolicyClient", "Tag", "check_protocol",
+           "check_token",
            "make_policy", "parse_ports", "policies_listing"]

@@ -17,7 +17,9 @@ from cfnet.core.errors import ConfigError
 
 @pytest.mark.parametrize("args, message", [
     (["--port", "0"], "invalid port 0, must be in range 1-65535"),
-    (["--port", "70000"], "invalid port 70000, must be in range 1-65535"),
+    (["--port", "70000-70001"], "invalid port 70000, must be in range 1-65535"),
+    (["--port", "9" * 25], "invalid port '9999"),
+    (["--port", "\u0661"], "invalid port"),
     (["--port", "8090-8080"],
      "invalid port range 8090-8080, start must be less than or equal to end"),
     (["--port", "http"], "invalid port 'http'"),
@@ -61,11 +63,126 @@ def test_no_api_url_anywhere(cfnet, clean_env):
     assert r.stderr.startswith("error: no policy server URL: pass --api URL, set CFNET_API")
 
 
-@pytest.mark.parametrize("timeout", ["0", "-1"])
+def test_add_refuses_a_port_above_65535(cfnet, closed_port):
+    """Only remove may name a v0 port above 65535 (see test_policy_cli_server)."""
+    r = cfnet("policy", "add", "a", "b", "--port", "70000",
+              "--api", f"http://127.0.0.1:{closed_port}")
+    assert (r.exit_code, r.stderr) == (ExitCode.USAGE,
+                                       "error: invalid port 70000, must be in range 1-65535\n")
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "-inf", "1e300", "1e-9", "3601",
+                                     "abc", ""])
 def test_bad_timeout(cfnet, closed_port, timeout):
     r = cfnet("policy", "list", "--api", f"http://127.0.0.1:{closed_port}", "--timeout", timeout)
     assert r.exit_code == ExitCode.USAGE
-    assert "invalid timeout" in r.stderr
+    assert r.stderr == (f"error: invalid timeout {timeout!r} from --timeout: must be a number of "
+                        "seconds from 0.001 to 3600\n")
+
+
+@pytest.mark.parametrize("timeout", ["nan", "0.0001", "1e999"])
+def test_bad_timeout_in_the_environment(cfnet, closed_port, timeout):
+    r = cfnet("policy", "list", "--api", f"http://127.0.0.1:{closed_port}",
+              env={"CFNET_TIMEOUT": timeout})
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr.startswith(f"error: invalid timeout {timeout!r} from CFNET_TIMEOUT: ")
+
+
+def test_timeout_bounds_are_inclusive_and_the_same_everywhere(tmp_path):
+    for value in ("0.001", "3600"):
+        assert resolve_settings("http://h:1", timeout=value, env={}).timeout == float(value)
+        assert resolve_settings("http://h:1", env={"CFNET_TIMEOUT": value}).timeout == float(value)
+        cfg = write_config(tmp_path / f"t{value}.toml", f"timeout = {value}\n")
+        assert resolve_settings("http://h:1", config=cfg, env={}).timeout == float(value)
+    # flag before environment before file
+    cfg = write_config(tmp_path / "t.toml", "timeout = 3\n")
+    assert resolve_settings("http://h:1", config=cfg, env={"CFNET_TIMEOUT": "4"}).timeout == 4
+    assert resolve_settings("http://h:1", config=cfg, timeout="5",
+                            env={"CFNET_TIMEOUT": "4"}).timeout == 5
+
+
+@pytest.mark.parametrize("api, reason", [
+    ("http://[::1", "Invalid IPv6 URL"),
+    ("http://127.0.0.1:99999", "Port out of range"),
+    ("http://127.0.0.1:0", "port 0"),
+    ("http://127.0.0.1:x", "Port could not be cast"),
+    ("http://127.0.0.1:14002?x=1", "must not have a query or fragment"),
+    ("http://127.0.0.1:14002/#frag", "must not have a query or fragment"),
+    ("http://127.0.0.1:14002?", "must not have a query or fragment"),
+    ("http://127.0.0.1:1 4002", "whitespace or a control character"),
+    ("http://127.0.0.1:\x1b[31m", "whitespace or a control character"),
+])
+def test_malformed_api_url_is_a_usage_error_before_any_request(cfnet, api, reason):
+    r = cfnet("policy", "add", "a", "b", "--api", api)
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr.startswith("error: invalid API URL ")
+    assert reason in r.stderr and r.stderr.endswith(" (from --api)\n")
+    assert "\x1b[" not in r.stderr  # shown escaped, never raw
+    assert r.stderr.count("\n") == 1
+
+
+def test_malformed_api_url_from_the_environment_names_it(cfnet):
+    r = cfnet("policy", "list", env={"CFNET_API": "http://[::1"})
+    assert r.exit_code == ExitCode.USAGE
+    assert r.stderr.endswith("(from CFNET_API)\n")
+
+
+@pytest.mark.parametrize("token, reason", [
+    ("adm\n", "leading or trailing whitespace"),
+    (" adm", "leading or trailing whitespace"),
+    ("a\rb", "only printable ASCII characters are allowed"),
+    ("a\x00b", "only printable ASCII characters are allowed"),
+    ("t\u20ac", "only printable ASCII characters are allowed"),
+])
+def test_bad_token_is_a_usage_error_before_any_request(cfnet, closed_port, token, reason):
+    r = cfnet("policy", "list", "--api", f"http://127.0.0.1:{closed_port}", "--token", token)
+    assert (r.exit_code, r.stderr) == (ExitCode.USAGE, f"error: invalid token: {reason} "
+                                                       "(from --token)\n")
+
+
+def test_config_directory_is_a_config_error(cfnet, tmp_path, closed_port):
+    r = cfnet("policy", "list", "--api", f"http://127.0.0.1:{closed_port}",
+              "--config", str(tmp_path))
+    assert r.exit_code == ExitCode.CONFIG
+    assert r.stderr == f"error: reading config: {tmp_path}: Is a directory\n"
+
+
+def test_ca_cert_directory_is_a_usage_error(cfnet, tmp_path, closed_port):
+    r = cfnet("policy", "list", "--api", f"https://127.0.0.1:{closed_port}",
+              "--ca-cert", str(tmp_path))
+    assert (r.exit_code, r.stderr) == (ExitCode.USAGE,
+                                       f"error: CA certificate file {tmp_path} is not a file\n")
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("cli.toml", "timeout = nan\n", "key 'timeout': nan must be a number of seconds"),
+    ("cli.toml", "timeout = inf\n", "key 'timeout': inf must be"),
+    ("cli.toml", "timeout = 0.0001\n", "key 'timeout': 0.0001 must be"),
+    ("cli.json", '{"api": "http://127.0.0.1:1", "timeout": 1e999}', "key 'timeout': inf must be"),
+    ("cli.json", '{"api": "http://127.0.0.1:1", "timeout": NaN}', "key 'timeout': nan must be"),
+    ("cli.toml", 'api = "http://[::1"\n', "key 'api': invalid API URL"),
+    ("cli.toml", 'api = "http://h:1?x=1"\n', "key 'api': invalid API URL"),
+    ("cli.toml", 'token = "adm\\n"\n', "key 'token': invalid token"),
+])
+def test_bad_value_in_the_config_file_is_a_config_error(cfnet, tmp_path, name, text, message):
+    cfg = write_config(tmp_path / name, text + ("" if name.endswith(".json") else
+                                                ('api = "http://127.0.0.1:1"\n'
+                                                 if "api =" not in text else "")))
+    r = cfnet("policy", "list", "--config", str(cfg))
+    assert r.exit_code == ExitCode.CONFIG, r.stderr
+    assert r.stderr.startswith("error: invalid config: ") and message in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_subprocess_bad_timeouts_and_urls_never_trace_back(cfnet_proc, tmp_path):
+    cfg = write_config(tmp_path / "cli.json", '{"api": "http://127.0.0.1:1", "timeout": 1e999}')
+    for args, code in ((["--api", "http://127.0.0.1:1", "--timeout", "nan"], ExitCode.USAGE),
+                       (["--api", "http://[::1"], ExitCode.USAGE),
+                       (["--config", str(cfg)], ExitCode.CONFIG)):
+        r = cfnet_proc("policy", "list", *args)
+        assert r.exit_code == code, r.stderr
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+        assert "Traceback" not in r.stderr
 
 
 # --- unreachable servers -----------------------------------------------------------------------
@@ -168,7 +285,7 @@ def test_json_config_file(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('apii = "x"\n', "unknown key 'apii'"),
     ("api = 3\n", "key 'api': expected a string"),
-    ("timeout = 0\n", "key 'timeout': 0.0 is less than"),
+    ("timeout = 0\n", "key 'timeout': 0 must be a number of seconds from 0.001 to 3600"),
     ("api = \n", "parsing config"),
 ])
 def test_bad_config_file(tmp_path, text, message):

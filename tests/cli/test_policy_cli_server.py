@@ -429,3 +429,59 @@ def test_https_external_api_with_ca_cert(cfnet, tmp_path, apps):
                                    "certificate verify failed")
     finally:
         server.stop()
+
+
+# --- v0 ports above 65535, untrusted text on the terminal ---------------------------------------
+
+
+def post_v0(ps: RunningPolicyServer, path: str, body: object) -> None:
+    import requests
+
+    resp = requests.post(f"{ps.external_url}/networking/v0/external/{path}", json=body,
+                         headers={"Authorization": f"bearer {ps.admin_token}"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+
+
+def test_remove_can_name_a_v0_port_above_65535(cfnet, ps, apps, internal):
+    """v0 stores port 70000 (a kept upstream quirk); v1 cannot name it, so remove goes via v0."""
+    a, b, _, _ = apps
+    post_v0(ps, "policies", {"policies": [
+        {"source": {"id": a}, "destination": {"id": b, "protocol": "tcp", "port": 70000}}]})
+    r = cfnet("policy", "list", "--app", a, *server_args(ps))
+    assert [line.split() for line in r.stdout.splitlines()][1:] == [[a, b, "tcp", "70000"]]
+    # add still refuses it: the server's v1 API would.
+    r = cfnet("policy", "add", a, b, "--port", "70000", *server_args(ps))
+    assert r.exit_code == ExitCode.USAGE
+    # A range above 65535 cannot be stored by any version, so remove refuses it as well.
+    r = cfnet("policy", "remove", a, b, "--port", "70000-70001", *server_args(ps))
+    assert (r.exit_code, r.stderr) == (ExitCode.USAGE,
+                                       "error: invalid port 70000, must be in range 1-65535\n")
+    r = cfnet("policy", "remove", a, b, "--port", "70001", *server_args(ps))
+    assert (r.exit_code, r.stdout) == (0, f"Policy does not exist: {a} -> {b} tcp 70001\n")
+    r = cfnet("policy", "remove", a, b, "--port", "70000", *server_args(ps))
+    assert (r.exit_code, r.stdout, r.stderr) == (0, f"Removed policy {a} -> {b} tcp 70000\n", "")
+    assert internal.policies([a]) == []
+
+
+def test_control_characters_are_escaped_on_the_terminal_not_in_json(cfnet, ps, apps):
+    a = apps[0]
+    red = f"\x1b[31mRED{apps[1]}\x1b[0m"
+    shown = f"\\x1b[31mRED{apps[1]}\\x1b[0m"
+    r = cfnet("policy", "add", a, red, *server_args(ps))
+    assert (r.exit_code, r.stdout) == (0, f"Added policy {a} -> {shown} tcp 8080\n")
+    r = cfnet("policy", "list", "--app", a, *server_args(ps))
+    assert "\x1b" not in r.stdout
+    assert [line.split() for line in r.stdout.splitlines()][1:] == [[a, shown, "tcp", "8080"]]
+    r = cfnet("policy", "tags", *server_args(ps))
+    assert "\x1b" not in r.stdout and shown in r.stdout
+    r = cfnet("policy", "list", "--app", a, "--json", *server_args(ps))
+    assert json.loads(r.stdout)["policies"][0]["destination"]["id"] == red
+    r = cfnet("policy", "remove", a, red, "--port", "8081", *server_args(ps))
+    assert r.stdout == f"Policy does not exist: {a} -> {shown} tcp 8081\n"
+    r = cfnet("policy", "remove", a, red, *server_args(ps))
+    assert r.stdout == f"Removed policy {a} -> {shown} tcp 8080\n"
+    # A bidi override or a bell in an id is escaped the same way.
+    r = cfnet("policy", "add", a, "x\u202ey\x07", "--json", *server_args(ps))
+    assert json.loads(r.stdout)["policies"][0]["destination"]["id"] == "x\u202ey\x07"
+    r = cfnet("policy", "list", "--app", a, *server_args(ps))
+    assert "x\\u202ey\\x07" in r.stdout and "\u202e" not in r.stdout
