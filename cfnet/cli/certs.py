@@ -6,6 +6,10 @@ existing files unless `--force` is given, and says what it wrote.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +27,10 @@ BUNDLE_FILES: tuple[tuple[str, str], ...] = (
     ("client.crt", "client certificate"),
     ("client.key", "client private key"),
 )
+
+# 100 years: far enough for a lab, and well inside X.509's last date (9999-12-31).
+MAX_DAYS = 36500
+MAX_COMMON_NAME = 64  # X.509 ub-common-name
 
 app = typer.Typer(
     name="certs",
@@ -43,6 +51,60 @@ def existing_files(directory: Path) -> list[Path]:
     return [directory / name for name, _ in BUNDLE_FILES if (directory / name).exists()]
 
 
+def name_problem(name: str, option: str, *, common_name: bool) -> str | None:
+    """Why `name` cannot go in a certificate, or None."""
+    if not name:
+        return f"invalid {option}: must not be empty"
+    if common_name and len(name) > MAX_COMMON_NAME:
+        return f"invalid {option} {name!r}: longer than {MAX_COMMON_NAME} characters"
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    if not name.isascii() or not name.isprintable():
+        return (f"invalid {option} {name!r}: use printable ASCII (an internationalised DNS "
+                "name in its xn-- form)")
+    return None
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """`directory` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    d = directory.absolute()
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    return missing
+
+
+def generate_atomically(directory: Path, names: list[str] | None, client_name: str,
+                        days: int) -> None:
+    """Generate the bundle in a staging directory inside DIR, then move the files into place.
+
+    Any failure leaves nothing behind: no staging files, and no directory this call created.
+    """
+    from cfnet.web.tls import generate_bundle
+
+    created = _missing_dirs(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".cfnet-certs-", dir=directory))
+        try:
+            generate_bundle(staging, names, client_name=client_name, days=days)
+            for name, _ in BUNDLE_FILES:
+                os.replace(staging / name, directory / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
 @app.command("generate")
 def generate(
     directory: Annotated[Path, typer.Option(
@@ -59,16 +121,17 @@ def generate(
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
     """Write ca.crt/ca.key, server.crt/server.key and client.crt/client.key into DIR."""
-    from cfnet.web.tls import generate_bundle
-
     with render.errors_to_exit():
-        if days < 1:
-            render.fail(f"invalid --days {days}: must be 1 or more", ExitCode.USAGE)
+        if not 1 <= days <= MAX_DAYS:
+            render.fail(f"invalid --days {days}: must be from 1 to {MAX_DAYS} (100 years)",
+                        ExitCode.USAGE)
         names = [n.strip() for n in server_names or []]
-        if any(not n for n in names):
-            render.fail("invalid --server-name: must not be empty", ExitCode.USAGE)
-        if not client_name.strip():
-            render.fail("invalid --client-name: must not be empty", ExitCode.USAGE)
+        problems = [name_problem(n, "--server-name", common_name=i == 0)
+                    for i, n in enumerate(names)]
+        problems.append(name_problem(client_name.strip(), "--client-name", common_name=True))
+        for problem in problems:
+            if problem:
+                render.fail(problem, ExitCode.USAGE)
         if directory.exists() and not directory.is_dir():
             render.fail(f"{directory} exists and is not a directory", ExitCode.USAGE)
         present = existing_files(directory)
@@ -76,8 +139,10 @@ def generate(
             render.fail(f"refusing to overwrite {', '.join(map(str, present))} "
                         "(pass --force to replace them)", ExitCode.ERROR)
         try:
-            generate_bundle(directory, names or None, client_name=client_name.strip(), days=days)
+            generate_atomically(directory, names or None, client_name.strip(), days)
         except OSError as e:
             render.fail(f"writing certificates to {directory}: {e.strerror or e}", ExitCode.ERROR)
+        except (ValueError, OverflowError) as e:  # a value the checks above did not foresee
+            render.fail(f"generating certificates: {e}", ExitCode.USAGE)
         for name, what in BUNDLE_FILES:
-            render.print_line(f"wrote {directory / name}  {what}")
+            render.print_line(f"wrote {render.safe(str(directory / name))}  {what}")

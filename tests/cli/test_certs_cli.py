@@ -159,8 +159,19 @@ def test_one_existing_file_is_enough_to_refuse(cfnet, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--days", "0"], "error: invalid --days 0: must be 1 or more\n"),
+    (["--days", "0"], "error: invalid --days 0: must be from 1 to 36500 (100 years)\n"),
+    (["--days", "36501"], "error: invalid --days 36501: must be from 1 to 36500 (100 years)\n"),
+    (["--days", "100000000"],
+     "error: invalid --days 100000000: must be from 1 to 36500 (100 years)\n"),
     (["--server-name", ""], "error: invalid --server-name: must not be empty\n"),
+    (["--server-name", "\u00e9.example"], "error: invalid --server-name '\u00e9.example': use "
+     "printable ASCII (an internationalised DNS name in its xn-- form)\n"),
+    (["--server-name", "a" * 65], f"error: invalid --server-name '{'a' * 65}': longer than 64 "
+     "characters\n"),
+    (["--client-name", "c" * 65], f"error: invalid --client-name '{'c' * 65}': longer than 64 "
+     "characters\n"),
+    (["--client-name", "a\x1b[31m"], "error: invalid --client-name 'a\\x1b[31m': use printable "
+     "ASCII (an internationalised DNS name in its xn-- form)\n"),
     (["--client-name", " "], "error: invalid --client-name: must not be empty\n"),
 ])
 def test_bad_arguments(cfnet, tmp_path, args, message):
@@ -191,3 +202,33 @@ def test_subprocess_generate(cfnet_proc, tmp_path: Path):
     r = cfnet_proc("certs", "generate", "--dir", str(tmp_path))
     assert r.exit_code == ExitCode.OK, r.stderr
     assert r.stdout.splitlines()[0].startswith(f"wrote {tmp_path / 'ca.crt'}")
+
+
+def test_longest_validity_and_names_work(cfnet, tmp_path):
+    d = tmp_path / "long"
+    r = cfnet("certs", "generate", "--dir", str(d), "--days", "36500",
+              "--server-name", "a" * 64, "--server-name", "b" * 100 + ".example",
+              "--client-name", "c" * 64)
+    assert r.exit_code == ExitCode.OK, r.stderr
+    assert sorted(p.name for p in d.iterdir()) == sorted(NAMES)
+
+
+def test_a_failed_generation_leaves_no_directory_behind(tmp_path):
+    """A failure after the directory was made (here: a date past 9999) removes what it made."""
+    from cfnet.cli.certs import generate_atomically
+
+    target = tmp_path / "new" / "certs"
+    with pytest.raises((OverflowError, ValueError)):
+        generate_atomically(target, None, "cfnet-client", 100_000_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_forced_generation_keeps_the_old_files(tmp_path):
+    from cfnet.cli.certs import generate_atomically
+
+    generate_atomically(tmp_path, None, "cfnet-client", 2)
+    before = {name: (tmp_path / name).read_bytes() for name in NAMES}
+    with pytest.raises((OverflowError, ValueError)):
+        generate_atomically(tmp_path, None, "cfnet-client", 100_000_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(NAMES)  # no staging left
+    assert {name: (tmp_path / name).read_bytes() for name in NAMES} == before
