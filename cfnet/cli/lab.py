@@ -39,12 +39,13 @@ def _require_root() -> None:
 def up(cells: int = typer.Option(2, "--cells", min=1, max=20, help="Number of cells."),
        db: str = typer.Option("sqlite", "--db", help="sqlite; postgres (a PostgreSQL server of "
                               "the lab's own, in the control plane); or a postgresql://USER"
-                              "[:PASSWORD]@HOST[:PORT]/DB URL reachable from the control plane."),
+                              "[:PASSWORD]@HOST[:PORT]/DB URL reachable from the control plane "
+                              "(`down` leaves its data in place)."),
        policy_servers: int = typer.Option(1, "--policy-servers", min=1, max=5,
                                           help="Policy-server replicas (more than 1 needs "
                                                "PostgreSQL); a TCP balancer fronts them."),
        directory: Path = DirOption) -> None:
-    """Bring up a lab (does nothing if one is already up in --dir)."""
+    """Bring up a lab (if one is already up in --dir: restart its stopped processes, if any)."""
     from cfnet.lab import deploy, procs
 
     _require_root()

@@ -175,10 +175,12 @@ def is_up(directory: Path = DEFAULT_DIR) -> bool:
 
 def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print,
        db: str = "sqlite", policy_servers: int = 1) -> LabState:
-    """Build the lab; if one is already up in `directory`, return its state unchanged.
+    """Build the lab; if one is already up in `directory`, restart any of its processes that is
+    not running and return its state.
 
     `db` is "sqlite", "postgres" (a PostgreSQL server of the lab's own in the control plane) or
-    a postgresql:// URL reachable from the control-plane namespace. Several policy servers need
+    a postgresql:// URL reachable from the control-plane namespace (whose data `down` leaves in
+    place: it is not the lab's). Several policy servers need
     PostgreSQL; they share the database and sit behind a TCP balancer on the usual ports.
     """
     from types import SimpleNamespace
@@ -202,6 +204,13 @@ def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print
         raise LabError("--policy-servers above 1 needs a shared database: add --db postgres")
     existing = LabState.load(directory)
     if existing is not None and is_up(directory):
+        for proc in existing.processes.values():  # a crashed or stopped process comes back
+            if not procs.alive(proc):
+                try:
+                    procs.start(existing, proc)
+                except procs.ProcessError as e:
+                    raise LabError(str(e)) from None
+                progress(f"restarted {proc.name}")
         progress(f"lab already up in {directory}")
         return existing
     down(directory, progress=lambda _msg: None)  # whatever a crashed run left

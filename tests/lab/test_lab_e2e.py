@@ -35,10 +35,7 @@ def module_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 @pytest.fixture
 def lab(module_lab: Lab) -> Lab:
-    module_lab.up()  # a no-op when the lab is up
-    for name, proc in module_lab.status()["processes"].items():
-        if not proc["running"]:
-            module_lab.run("start", name)
+    module_lab.up()  # restarts whatever a failed test left stopped; a no-op otherwise
     return module_lab
 
 
@@ -167,3 +164,13 @@ def test_killed_container_is_cleaned_up_by_gc(lab: Lab) -> None:
     assert c["ip"] not in netns.run(lab.host(c["cell"])["ns"], ["nft", "list", "ruleset"]).stdout
     assert all(x["handle"] != c["handle"] for x in lab.state()["containers"])
     assert "0 dead" in lab.run("gc").stdout  # nothing left to do
+
+
+def test_up_again_restarts_crashed_processes(lab: Lab) -> None:
+    lab.run("stop", "cell2/vxlan-agent", "--kill")
+    assert not lab.status()["processes"]["cell2/vxlan-agent"]["running"]
+    out = lab.run("up").stdout
+    assert "restarted cell2/vxlan-agent" in out and "already up" in out
+    assert lab.status()["processes"]["cell2/vxlan-agent"]["running"]
+    bad = lab.run("stop", "nope", check=False)
+    assert bad.returncode != 0 and "no process 'nope'" in bad.stderr
