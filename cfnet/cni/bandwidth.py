@@ -23,16 +23,14 @@ the IFB and the qdiscs (the veth itself is silk's); it is idempotent.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from cfnet.cni.types import SUPPORTED_VERSIONS, CmdArgs, CNIError, Code, Interface, Result
+from cfnet.net.setns import inside
 
 LATENCY_US = 25_000
 MAX_IFNAME = 15
@@ -125,27 +123,6 @@ def tbf_params(rate_bits: int, burst_bits: int) -> dict[str, Any]:
 
 # ---- kernel helpers -------------------------------------------------------------------------
 
-CLONE_NEWNET = 0x40000000
-
-
-@contextmanager
-def _inside(ns_fd: int) -> Iterator[None]:
-    """This thread in the namespace of `ns_fd` for the block (sockets made there stay there)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(ns_fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the plugin's namespace")
-    finally:
-        os.close(home)
-
-
 class Kernel:
     """pyroute2 sockets of one call: the host's (this namespace) and the container's."""
 
@@ -157,7 +134,7 @@ class Kernel:
         self._opened = [self.host]
 
     def open_in(self, ns_fd: int) -> Any:
-        with _inside(ns_fd):
+        with inside(ns_fd):
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)  # NETLINK_ROUTE
         ipr = self._cls(fileno=sock.detach(), groups=0)
         self._opened.append(ipr)

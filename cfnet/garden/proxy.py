@@ -8,13 +8,11 @@ that a failed `up` can take it back.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
+from cfnet.net import netns
+
 TABLE = "cfnet-proxy"
 
 
@@ -40,31 +38,18 @@ def script(cidr: str, ingress: bool, port: int) -> str:
 
 def _in_netns(ns_path: str, fn: Callable[[Any], tuple[int, str, str]]) -> tuple[int, str, str]:
     """Run `fn(nft context)` on a thread that entered the namespace at `ns_path`."""
-    box: dict[str, Any] = {}
+    def run() -> tuple[int, str, str]:
+        import nftables
 
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise ProxyError(f"setns {ns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            import nftables
+        return fn(nftables.Nftables())
 
-            ctx = nftables.Nftables()
-            box["value"] = fn(ctx)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="cfnet-proxy-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    try:
+        return netns.call_in(ns_path, run, timeout=None)
+    except OSError as e:
+        # the hook's one-line text for a refused setns stays "setns PATH: why" (no "[Errno n]")
+        if e.filename is None and str(e.strerror).startswith(f"setns {ns_path}: "):
+            raise ProxyError(e.strerror) from None
+        raise
 
 
 def _run(ns_path: str, text: str) -> None:

@@ -7,7 +7,6 @@ inside one through `ip netns exec`, which also gives them the namespace's own /s
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import subprocess
@@ -16,8 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from cfnet.net.setns import enter_fd
+
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
 
 NETNS_DIR = Path("/run/netns")
 
@@ -114,18 +114,18 @@ def setns(target: str) -> None:
     ns_path = target if "/" in target else path(target)
     fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {target}: {os.strerror(err)}")
+        enter_fd(fd)
+    except OSError as e:
+        raise OSError(e.errno, f"setns {target}: {e.strerror}") from None
     finally:
         os.close(fd)
 
 
-def call_in(target: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
+def call_in(target: str, fn: Callable[[], T], timeout: float | None = 30.0) -> T:
     """Run `fn` on a fresh thread inside namespace `target` (name or path) and return its result.
 
-    The caller's threads stay where they are; the helper thread ends with `fn`.
+    The caller's threads stay where they are; the helper thread ends with `fn`. A `timeout` of
+    None waits for `fn` however long it takes.
     """
     box: dict[str, Any] = {}
 

@@ -13,7 +13,6 @@ already runs inside the target namespace uses `Nft()` (no worker, calls on the c
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import queue
@@ -25,8 +24,6 @@ from typing import Any, TypeVar
 
 from cfnet.core.errors import CfnetError
 from cfnet.net import netns as netns_mod
-
-CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 
@@ -91,14 +88,7 @@ class _Worker:
 
     def _main(self, ns_path: str, ready: Future[None]) -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, f"setns into {ns_path}: {os.strerror(e)}")
-            finally:
-                os.close(fd)
+            netns_mod.setns(ns_path)
             # Created after setns, so their netlink sockets live in the namespace. Two contexts:
             # a listing leaves a large element cache behind whose teardown the next command on
             # the same context pays (0.1 s at 60k elements), so reads and writes are kept apart.

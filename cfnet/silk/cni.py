@@ -16,7 +16,6 @@ exists.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import importlib.util
 import os
@@ -24,8 +23,6 @@ import socket
 import struct
 import sys
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +37,7 @@ from cfnet.cni.types import (
     Route,
     config_key,
 )
+from cfnet.net.setns import inside
 from cfnet.silk import netinfo as netinfo_mod
 from cfnet.silk.ipam import ContainerStore, HostLocal, IPAMError, StoreError
 
@@ -55,7 +53,6 @@ RT_SCOPE_LINK = 253
 RTPROT_BOOT = 3
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
-CLONE_NEWNET = 0x40000000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,33 +176,6 @@ class NetlinkError(OSError):
 
     def __str__(self) -> str:
         return (self.strerror or "").lower()
-
-
-_libc: Any = None
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextmanager
-def inside(ns_fd: int) -> Iterator[None]:
-    """Run the block with this thread in the namespace (sockets and /proc/sys/net opened in it
-    stay bound to it); always come back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        _setns(ns_fd)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
 
 
 def _write_sysctl(path: str, value: str, ignore_errors: bool = False) -> None:

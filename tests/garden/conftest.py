@@ -26,34 +26,13 @@ import pytest
 from cfnet.net import netns
 
 DEBIAN_PLUGINS = Path("/usr/lib/cni")
-CLONE_NEWNET = 0x40000000
 CELL_IP, CLIENT_IP = "192.168.231.1", "192.168.231.2"
 SUBNET = "10.99.0.0/24"
 
 
 def in_netns(ns_path: str, fn: Callable[[], Any]) -> Any:
     """Run `fn` on a thread inside the namespace at `ns_path` (sockets it makes stay there)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(ns_path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns_path}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(30)
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return netns.call_in(ns_path, fn)
 
 
 class Responder:
