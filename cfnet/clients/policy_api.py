@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from cfnet.clients.http import (DEFAULT_TIMEOUT, ApiError, InvalidInput, Transport,
                                normalize_base_url, unexpected)
+from cfnet.core import policy as core_policy
 
 API_PREFIX = "/networking/v1/external"
 # v0 stores a single port with no upper bound (a kept upstream quirk); only v0 can name such a
@@ -32,14 +33,9 @@ DEFAULT_PORT = "8080"
 
 
 @dataclass(frozen=True, order=True)
-class Policy:
-    """One app-to-app policy as the external v1 API shows it (no tags)."""
-
-    source: str
-    destination: str
-    protocol: str
-    start: int
-    end: int
+class Policy(core_policy.Policy):
+    """One app-to-app policy as the external v1 API shows it (no tags): the stored policy's
+    fields, with the conversions a client needs."""
 
     @property
     def ports(self) -> str:
@@ -47,11 +43,7 @@ class Policy:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
 
     def to_v1(self) -> dict[str, Any]:
-        return {
-            "source": {"id": self.source},
-            "destination": {"id": self.destination, "protocol": self.protocol,
-                            "ports": {"start": self.start, "end": self.end}},
-        }
+        return core_policy.policy_to_v1(self)
 
     def to_v0(self) -> dict[str, Any]:
         """The v0 shape (one port): only for a single-port policy."""
