@@ -90,6 +90,18 @@ def load_controller_config(path: str | Path) -> ControllerConfig:
     return config
 
 
+def check_controller_tls(config: ControllerConfig) -> None:
+    """A ConfigError naming the key when a TLS file is unreadable, not PEM, or mismatched."""
+    from cfnet.web.tls import TLSFileError, TLSFiles, check_tls_files
+
+    keys = {"ca": "ca_cert_file", "cert": "server_cert_file", "key": "server_key_file"}
+    try:
+        check_tls_files(TLSFiles(Path(config.server_cert_file), Path(config.server_key_file),
+                                 Path(config.ca_cert_file)))
+    except TLSFileError as e:
+        raise ConfigError(f"invalid config: key '{keys[e.which]}': {e.problem}") from None
+
+
 # -- Go-style request decoding --------------------------------------------------------------------
 
 
@@ -362,6 +374,40 @@ def _fatal(source: str, message: str, code: int) -> int:
     return code
 
 
+# libpq's texts for failures below the PostgreSQL protocol: the only errors worth retrying
+# (spec silk.md §1.1: retry on network errors only; a wrong password will not heal in 3 s).
+_NETWORK_ERRORS = (
+    "connection refused", "timeout expired", "connection timed out", "no route to host",
+    "network is unreachable", "host is unreachable", "connection reset by peer",
+    "server closed the connection unexpectedly", "could not translate host name",
+    "failed to resolve host", "name or service not known", "temporary failure in name resolution",
+)
+
+
+def is_network_error(error: BaseException) -> bool:
+    """True when a database error is a network failure, not an answer from the server."""
+    text = str(error).lower()
+    if "fatal:" in text:  # the server answered: authentication, missing database, too many clients
+        return False
+    return any(phrase in text for phrase in _NETWORK_ERRORS)
+
+
+def connect_database(db: Database, log: Logger, attempts: int = 10,
+                     interval_s: float = 3.0) -> None:
+    """Ping until it works: network errors up to `attempts` times, `interval_s` apart (upstream);
+    any other error (authentication, missing database, TLS required) fails at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            db.ping()
+            return
+        except CfnetError as e:
+            retry = attempt < attempts and is_network_error(e)
+            log.error("db-connect-failed", attempt=attempt, error=str(e), retrying=retry)
+            if not retry:
+                raise CfnetError(f"db connect: unable to ping: {e}") from None
+            time.sleep(interval_s)
+
+
 def _migrate(store: LeaseStore, attempts: int = 5) -> int:
     """Run the migrations, retrying as upstream does (5 attempts, 1 s apart)."""
     for attempt in range(attempts):
@@ -385,6 +431,10 @@ def run(config_path: str | Path) -> int:
     except ConfigError as e:
         return _fatal(source, f"load config: {e}", ExitCode.CONFIG)
     source = f"{config.log_prefix}.{SERVICE}"
+    try:
+        check_controller_tls(config)  # before any database work: one line naming the key
+    except ConfigError as e:
+        return _fatal(source, f"load config: {e}", ExitCode.CONFIG)
     log = setup_logging(source)
     log.info("starting")
     pool = config.pool()
@@ -393,7 +443,7 @@ def run(config_path: str | Path) -> int:
              block_pool_size=pool.block_pool_size)
     db = Database(config.database, max_open_connections=config.max_open_connections)
     try:
-        db.wait_until_reachable(deadline_s=27.0, interval_s=3.0)  # 10 attempts, 3 s apart
+        connect_database(db, log)
         store = LeaseStore(db, pool, config.lease_expiration_seconds, log)
         log.info("db-migration-complete", **{"num-applied": _migrate(store)})
         controller = Controller(store, log)

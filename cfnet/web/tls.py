@@ -163,3 +163,46 @@ def client_context(files: TLSFiles) -> ssl.SSLContext:
     ctx.load_verify_locations(str(files.ca))
     ctx.load_cert_chain(str(files.cert), str(files.key))
     return ctx
+
+
+class TLSFileError(ValueError):
+    """One of a TLSFiles' files is unusable: `which` is "cert", "key" or "ca"; `problem` says why."""
+
+    def __init__(self, which: str, problem: str) -> None:
+        super().__init__(problem)
+        self.which, self.problem = which, problem
+
+
+def check_tls_files(files: TLSFiles) -> None:
+    """Check that the CA and certificate files hold PEM certificates and the key matches the
+    certificate, so a config loader can name the file at fault (raises TLSFileError)."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    def read(path: Path, which: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise TLSFileError(which, f"cannot read {path}: {e.strerror or e}") from None
+
+    def certificates(path: Path, which: str) -> list[Any]:
+        data = read(path, which)
+        try:
+            return x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise TLSFileError(which, f"{path} holds no PEM certificate") from None
+
+    certificates(files.ca, "ca")
+    cert = certificates(files.cert, "cert")[0]
+    key_data = read(files.key, "key")
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise TLSFileError("key", f"{files.key} is encrypted; give a key without a passphrase") \
+            from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSFileError("key", f"{files.key} holds no PEM private key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise TLSFileError("key", f"{files.key} does not match the certificate in {files.cert}")

@@ -26,7 +26,7 @@ class Run:
 @pytest.fixture
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """No CFNET_* settings and an empty config home, so the user's real config never leaks in."""
-    for name in ("CFNET_API", "CFNET_TOKEN", "CFNET_CA_CERT"):
+    for name in ("CFNET_API", "CFNET_TOKEN", "CFNET_CA_CERT", "CFNET_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "config-home"
     home.mkdir()
