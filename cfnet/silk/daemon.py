@@ -142,10 +142,16 @@ def lease_client(config: DaemonConfig, timeout: float | None = None) -> Any:
     import ssl
 
     from cfnet.silk.lease_client import LeaseClient
-    from cfnet.web.tls import TLSFiles
+    from cfnet.web.tls import TLSFileError, TLSFiles, check_tls_files
 
     files = TLSFiles(Path(config.client_cert_file), Path(config.client_key_file),
                      Path(config.ca_cert_file))
+    keys = {"ca": "ca_cert_file", "cert": "client_cert_file", "key": "client_key_file"}
+    try:
+        check_tls_files(files)  # so the error names the key, not just an OpenSSL reason
+    except TLSFileError as e:
+        raise ConfigError(f"create tls config: invalid config: key '{keys[e.which]}': "
+                          f"{e.problem}") from None
     try:
         return LeaseClient(config.connectivity_server_url, files,
                            timeout=timeout or config.client_timeout_seconds)

@@ -81,8 +81,37 @@ def test_cli_reports_config_and_tls_errors_on_one_line(tmp_path: Path) -> None:
     for args in (["run"], ["teardown"], []):
         result = runner.invoke(app, [*args, "-config", str(write(tmp_path, cfg))])
         assert result.exit_code == 1
-        assert "error: create tls config: " in result.stderr
+        assert result.stderr.endswith(" error: create tls config: invalid config: "
+                                      "key 'ca_cert_file': /dev/null holds no PEM certificate\n")
+        assert len(result.stderr.splitlines()) == 1
     assert runner.invoke(app, []).exit_code == 2  # no config: usage
+
+
+@pytest.mark.parametrize("change, key, problem", [
+    ({"ca_cert_file": "/nonexist"}, "ca_cert_file",
+     "cannot read /nonexist: No such file or directory"),
+    ({"ca_cert_file": "{certs}/client.key"}, "ca_cert_file",
+     "{certs}/client.key holds no PEM certificate"),
+    ({"client_cert_file": "{certs}/client.key"}, "client_cert_file",
+     "{certs}/client.key holds no PEM certificate"),
+    ({"client_key_file": "{certs}/client.crt"}, "client_key_file",
+     "{certs}/client.crt holds no PEM private key"),
+    ({"client_key_file": "{certs}/server.key"}, "client_key_file",
+     "{certs}/server.key does not match the certificate in {certs}/client.crt"),
+])
+def test_tls_file_errors_name_the_key(tmp_path: Path, change: dict, key: str,
+                                      problem: str) -> None:
+    from cfnet.web.tls import generate_bundle
+
+    certs = tmp_path / "certs"
+    bundle = generate_bundle(certs)
+    cfg = {**MINIMAL, "ca_cert_file": str(bundle.ca_cert),
+           "client_cert_file": str(bundle.client.cert), "client_key_file": str(bundle.client.key)}
+    cfg.update({k: v.format(certs=certs) for k, v in change.items()})
+    result = CliRunner().invoke(app, ["-config", str(write(tmp_path, cfg))])
+    assert result.exit_code == 1
+    assert result.stderr == (f"cfnetworking.silk-daemon error: create tls config: invalid "
+                             f"config: key '{key}': {problem.format(certs=certs)}\n")
 
 
 def test_datastore_counts_containers(tmp_path: Path) -> None:
