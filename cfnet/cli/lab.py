@@ -154,7 +154,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
     else:
         lt = Table("underlay IP", "overlay subnet", "VTEP MAC", title="leases (silk-controller)")
         for lease in doc["leases"]:
-            lt.add_row(lease["underlay_ip"], lease["overlay_subnet"], lease["overlay_hardware_addr"])
+            lt.add_row(lease["underlay_ip"], lease["overlay_subnet"],
+                       lease["overlay_hardware_addr"])
         console.print(lt)
     if doc["containers"]:
         ct = Table("app", "instance", "cell", "container IP", "host port", "handle",
@@ -343,7 +344,8 @@ def demo(keep: bool = typer.Option(False, "--keep", help="Keep the lab up afterw
     from cfnet.lab.demo import run_demo
 
     _require_root()
-    checks = run_demo(directory, keep=keep, progress=lambda m: console.print(f"• {m}", highlight=False))
+    checks = run_demo(directory, keep=keep,
+                      progress=lambda m: console.print(f"• {m}", highlight=False))
     table = Table("check", "result", "detail", title="cfnet lab demo")
     for c in checks:
         table.add_row(c.name, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)

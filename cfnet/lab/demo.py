@@ -27,7 +27,8 @@ class Check:
     detail: str
 
 
-def _wait_reachable(src: LabContainer, dst: LabContainer, port: int, deadline_s: float) -> float | None:
+def _wait_reachable(src: LabContainer, dst: LabContainer, port: int,
+                    deadline_s: float) -> float | None:
     """Seconds until src reaches dst:port, or None if not within `deadline_s`."""
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
