@@ -104,7 +104,11 @@ def curl(source: str = typer.Argument(..., help="Source app."),
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def policy(ctx: typer.Context, directory: Path = DirOption) -> None:
+def policy(ctx: typer.Context,
+           replica: int = typer.Option(0, "--replica", min=0,
+                                       help="Talk to this policy-server replica (1, 2, ...) "
+                                            "directly instead of through the balancer."),
+           directory: Path = DirOption) -> None:
     """`cfnet policy ...` against the lab's server, with lab app names for app guids.
 
     Examples: `cfnet lab policy add frontend backend --port 8080`, `cfnet lab policy list`.
@@ -114,10 +118,14 @@ def policy(ctx: typer.Context, directory: Path = DirOption) -> None:
     _require_root()
     try:
         state = deploy.require(directory)
+        if replica > state.policy_servers:
+            raise deploy.LabError(f"--replica {replica}: the lab runs {state.policy_servers} "
+                                  "policy server(s)")
     except deploy.LabError as e:
         _fail(e)
     args = [apps.app_guid(state, a) if a in state.apps else a for a in ctx.args]
-    rc, out = apps.policy(state, *args)
+    url = deploy.replica_external_url(state, replica) if replica else None
+    rc, out = apps.policy(state, *args, url=url)
     for name, ids in state.apps.items():
         out = out.replace(ids["app_id"], name)
     (console if rc == 0 else err).print(out, highlight=False, markup=False)

@@ -117,10 +117,11 @@ def app_guid(state: LabState, app: str) -> str:
     return state.apps.get(app, {}).get("app_id", app)
 
 
-def policy(state: LabState, *args: str) -> tuple[int, str]:
-    """Run `cfnet policy ...` in the control plane against the lab's server, as its admin."""
+def policy(state: LabState, *args: str, url: str | None = None) -> tuple[int, str]:
+    """Run `cfnet policy ...` in the control plane against the lab's server (or `url`, one
+    replica), as its admin."""
     proc = netns.run(state.hosts["cp"].ns, [sys.executable, "-m", "cfnet", "policy", *args,
-                                            "--api", state.policy_external_url,
+                                            "--api", url or state.policy_external_url,
                                             "--token", state.admin_token], check=False)
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 

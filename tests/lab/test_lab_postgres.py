@@ -63,11 +63,13 @@ def test_replicas_on_postgres_one_killed_cells_keep_converging(lab: Lab) -> None
         lab.run("stop", dead, "--kill")
         assert not lab.status()["processes"][dead]["running"]
         port = "8080" if dead.endswith("2") else "9090"
-        # Through the balancer, which can only pick the surviving replica.
-        lab.run("policy", "add", src_app, dst_app, "--port", port)
+        assert lab.run("policy", "--replica", dead[-1], "list", check=False).returncode != 0
+        # Through the surviving replica itself; then through the balancer, which skips the dead.
+        lab.run("policy", "--replica", alive[-1], "add", src_app, dst_app, "--port", port)
         for d in dsts:  # both cells converge
             wait_for(f"{src_app} -> {d['cell']}:{port} with {dead} down",
                      lambda d=d: reaches(src, d["ip"], int(port)))
+        assert port in lab.run("policy", "list").stdout
         lab.run("start", dead)
     listed = lab.run("policy", "list").stdout
     assert "8080" in listed and "9090" in listed
