@@ -1,8 +1,10 @@
 """`cfnet policy`: add, list and remove app-to-app policies through the external API.
 
-The commands only parse arguments and render; the work is `cfnet.clients.policy_api`. The server
-URL and token come from `--api`/`--token`, else `CFNET_API`/`CFNET_TOKEN`, else the config file
-(`--config`, default `~/.config/cfnet/cli.toml`, keys `api`, `token`, `timeout`, `ca_cert`).
+The commands only parse arguments and render; the work is `cfnet.clients.policy_api`. Each
+setting comes from its flag (`--api`, `--token`, `--timeout`, `--ca-cert`), else the environment
+(`CFNET_API`, `CFNET_TOKEN`, `CFNET_TIMEOUT`, `CFNET_CA_CERT`), else the config file (`--config`,
+default `~/.config/cfnet/cli.toml`, keys `api`, `token`, `timeout`, `ca_cert`), and is checked
+before any request (`resolve_settings`).
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def normalize_base_url(url: str) -> str:
     if port == 0:
         raise InvalidInput(f"invalid API URL {url!r}: port 0; the port must be 1-65535")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise InvalidInput(f"invalid API URL {url!r}: must not have a query or fragment; {expected}")
+        raise InvalidInput(f"invalid API URL {url!r}: must not have a query or fragment; "
+                           f"{expected}")
     return text.rstrip("/")
 
 

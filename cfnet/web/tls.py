@@ -166,7 +166,7 @@ def client_context(files: TLSFiles) -> ssl.SSLContext:
 
 
 class TLSFileError(ValueError):
-    """One of a TLSFiles' files is unusable: `which` is "cert", "key" or "ca"; `problem` says why."""
+    """A file of a TLSFiles is unusable: `which` is "cert", "key" or "ca"; `problem` says why."""
 
     def __init__(self, which: str, problem: str) -> None:
         super().__init__(problem)
