@@ -33,8 +33,9 @@ from typing import Any
 
 from cfnet.net import netns
 from cfnet.net.topology import stop_process
-from cfnet.testing.silk import Cell, DeploymentFailed, SilkDeployment, _json_lines, _wait, \
-    call_in_netns, http_in_netns
+from cfnet.testing import procs
+from cfnet.testing.silk import Cell, DeploymentFailed, SilkDeployment, _wait, call_in_netns, \
+    http_in_netns
 
 FORCE_PORT = 8722
 DEBUG_PORT = 8721
@@ -115,7 +116,7 @@ class RunningAgent:
         return self.output_path.read_text(errors="replace") if self.output_path else ""
 
     def log_lines(self, event: str | None = None) -> list[dict[str, Any]]:
-        lines = _json_lines(self.output_path) if self.output_path else []
+        lines = procs.json_log_lines(self.output_path) if self.output_path else []
         if event is None:
             return lines
         return [l for l in lines if l.get("message", "").endswith("." + event)]

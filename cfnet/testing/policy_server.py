@@ -19,11 +19,8 @@ Pass `external={...}` / `internal={...}` to override config keys (e.g. `uaa_url`
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cfnet.store.db import DatabaseConfig
+from cfnet.testing import procs
 from cfnet.web.tls import Bundle, TLSFiles, generate_bundle
 
 ADMIN_TOKEN = "cfnet-admin-token"
@@ -76,24 +74,11 @@ class RunningPolicyServer:
         return str(self.client_tls.ca)
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                continue
-        return lines
+        return procs.json_log_lines(self.stdout_path)
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait, SIGKILL if needed; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return procs.stop(self.process, timeout)
 
 
 def _db_block(database: DatabaseConfig) -> dict[str, Any]:
@@ -164,12 +149,13 @@ def start_policy_server(workdir: str | Path, database: DatabaseConfig, *,
     if netns:
         command = ["ip", "netns", "exec", netns, *command]
     out, err = work / f"policy-server-{n}.stdout", work / f"policy-server-{n}.stderr"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                   env=env)
+    process = procs.launch(command, out, err)
+
+    def failure(what: str) -> PolicyServerFailed:
+        return PolicyServerFailed(procs.failure_text("policy-server", what, process, err))
+
     try:
-        addresses = _wait_for_servers(process, out, err, startup_timeout)
+        addresses = procs.wait_for_servers(process, out, failure, startup_timeout)
         scheme = "https" if ext_cfg.get("enable_tls") else "http"
         running = RunningPolicyServer(
             external_url=f"{scheme}://{addresses['external']}",
@@ -180,13 +166,12 @@ def start_policy_server(workdir: str | Path, database: DatabaseConfig, *,
             bundle=bundle, database=database, config_path=config_path,
             internal_config_path=internal_path, tokens_path=tokens_path,
             stdout_path=out, stderr_path=err, process=process)
-        _wait_healthy(running, running.health_url, startup_timeout)
+        procs.wait_healthy(process, lambda: _healthy(running.health_url), failure, startup_timeout)
         if scheme == "http":
-            _wait_healthy(running, running.external_url + "/health", startup_timeout)
+            procs.wait_healthy(process, lambda: _healthy(running.external_url + "/health"),
+                               failure, startup_timeout)
     except BaseException:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        procs.kill(process)
         raise
     return running
 
@@ -202,37 +187,9 @@ def policy_server(workdir: str | Path, database: DatabaseConfig,
         running.stop()
 
 
-def _failure(what: str, process: subprocess.Popen[bytes], err: Path) -> PolicyServerFailed:
-    tail = err.read_text(errors="replace").strip().splitlines()[-5:]
-    return PolicyServerFailed(f"policy-server {what} (exit {process.poll()}): " + " | ".join(tail))
-
-
-def _wait_for_servers(process: subprocess.Popen[bytes], out: Path, err: Path,
-                      timeout: float) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in out.read_text(errors="replace").splitlines():
-            if ".starting-servers" in line:
-                try:
-                    return json.loads(line)["data"]
-                except (ValueError, KeyError):
-                    continue
-        if process.poll() is not None:
-            raise _failure("exited during start-up", process, err)
-        time.sleep(0.05)
-    raise _failure(f"did not start its listeners within {timeout:.0f} s", process, err)
-
-
-def _wait_healthy(running: RunningPolicyServer, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running.process.poll() is not None:
-            raise _failure("exited during start-up", running.process, running.stderr_path)
-        try:
-            with _OPENER.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.05)
-    raise _failure(f"not healthy within {timeout:.0f} s", running.process, running.stderr_path)
+def _healthy(url: str) -> bool:
+    try:
+        with _OPENER.open(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

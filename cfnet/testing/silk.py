@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from cfnet.net import netns
 from cfnet.net.topology import Host, Topology, stop_process
 from cfnet.store.db import DatabaseConfig
+from cfnet.testing import procs
 from cfnet.testing.netns import Sandbox
 from cfnet.testing.silk_controller import RunningController, controller_config
 from cfnet.web.tls import Bundle, generate_bundle
@@ -68,17 +69,6 @@ def http_in_netns(ns: str, url: str, method: str = "GET", body: bytes | None = N
             return e.code, e.read()
 
     return call_in_netns(ns, request, timeout=timeout + 5)
-
-
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                continue
-    return lines
 
 
 def _wait(what: str, condition: Callable[[], Any], timeout: float,
@@ -147,7 +137,7 @@ class Cell:
 
     def log_lines(self, event: str | None = None) -> list[dict[str, Any]]:
         """The current daemon's JSON log lines, optionally only those of one event."""
-        lines = _json_lines(self.output_path) if self.output_path else []
+        lines = procs.json_log_lines(self.output_path) if self.output_path else []
         if event is None:
             return lines
         return [l for l in lines if l.get("message", "").endswith("." + event)]

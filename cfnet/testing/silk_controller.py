@@ -15,11 +15,8 @@ reads them from its `starting-servers` line, so parallel runs never collide.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cfnet.store.db import DatabaseConfig
+from cfnet.testing import procs
 from cfnet.web.tls import Bundle, TLSFiles, generate_bundle
 
 
@@ -63,24 +61,11 @@ class RunningController:
 
     def log_lines(self) -> list[dict[str, Any]]:
         """The controller's JSON log lines so far."""
-        lines = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                continue
-        return lines
+        return procs.json_log_lines(self.stdout_path)
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait, SIGKILL if needed; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return procs.stop(self.process, timeout)
 
 
 def controller_config(bundle: Bundle, database: DatabaseConfig, **overrides: Any) -> dict[str, Any]:
@@ -123,12 +108,13 @@ def start_controller(workdir: str | Path, database: DatabaseConfig, *, bundle: B
     command = [sys.executable, "-m", "cfnet", "silk-controller", "--config-file", str(config_path)]
     if netns:
         command = ["ip", "netns", "exec", netns, *command]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                   env=env)
+    process = procs.launch(command, out, err)
+
+    def failure(what: str) -> ControllerFailed:
+        return ControllerFailed(procs.failure_text("silk-controller", what, process, err))
+
     try:
-        addresses = _wait_for_servers(process, out, err, startup_timeout)
+        addresses = procs.wait_for_servers(process, out, failure, startup_timeout)
         running = RunningController(
             url=f"https://{addresses['api']}",
             health_url=f"http://{addresses['health']}/health",
@@ -136,11 +122,10 @@ def start_controller(workdir: str | Path, database: DatabaseConfig, *, bundle: B
             client_tls=bundle.client, bundle=bundle, config_path=config_path,
             stdout_path=out, stderr_path=err, process=process,
         )
-        _wait_healthy(running, startup_timeout, netns)
+        procs.wait_healthy(process, lambda: _healthy(running.health_url, netns), failure,
+                           startup_timeout)
     except BaseException:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        procs.kill(process)
         raise
     return running
 
@@ -153,28 +138,6 @@ def silk_controller(workdir: str | Path, database: DatabaseConfig, **kwargs: Any
         yield running
     finally:
         running.stop()
-
-
-def _failure(what: str, process: subprocess.Popen[bytes], err: Path) -> ControllerFailed:
-    tail = err.read_text(errors="replace").strip().splitlines()[-5:]
-    return ControllerFailed(f"silk-controller {what} (exit {process.poll()}): " + " | ".join(tail))
-
-
-def _wait_for_servers(process: subprocess.Popen[bytes], out: Path, err: Path,
-                      timeout: float) -> dict[str, str]:
-    """The listener addresses from the `starting-servers` log line."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in out.read_text(errors="replace").splitlines():
-            if '"starting-servers"' in line or ".starting-servers" in line:
-                try:
-                    return json.loads(line)["data"]
-                except (ValueError, KeyError):
-                    continue
-        if process.poll() is not None:
-            raise _failure("exited during start-up", process, err)
-        time.sleep(0.05)
-    raise _failure(f"did not start its listeners within {timeout:.0f} s", process, err)
 
 
 _PROBE = ("import sys, urllib.request as u\n"
@@ -195,12 +158,3 @@ def _healthy(url: str, netns: str | None) -> bool:
         return False
 
 
-def _wait_healthy(running: RunningController, timeout: float, netns: str | None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running.process.poll() is not None:
-            raise _failure("exited during start-up", running.process, running.stderr_path)
-        if _healthy(running.health_url, netns):
-            return
-        time.sleep(0.05)
-    raise _failure(f"not healthy within {timeout:.0f} s", running.process, running.stderr_path)
