@@ -27,6 +27,7 @@ import gc
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,12 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cfnet.core import nft_syntax as nx  # noqa: E402
 from cfnet.net import cell_table as ct  # noqa: E402
 from cfnet.net import netns  # noqa: E402
 from cfnet.net.nft import Nft  # noqa: E402
 from cfnet.testing.netns import Sandbox  # noqa: E402
+
+from _common import machine  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -107,13 +111,30 @@ def restore(ns: str, text: str, binary: str) -> None:
         raise SystemExit(f"{binary} failed: {proc.stderr.strip()[:500]}")
 
 
-def timed(fn: Callable[[], object]) -> float:
+CPU: dict[str, list[float]] = {}  # key -> CPU seconds of the timed step, beside its wall time
+
+
+def cpu_now(child: bool) -> float:
+    """CPU seconds (user + system) of this process (all threads: libnftables runs in a worker
+    thread, and the kernel processes the netlink batch in its system call) or of its waited-for
+    children (iptables-restore; the kernel's share again in its system time)."""
+    if not child:
+        return time.process_time()
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(fn: Callable[[], object], key: str = "", child: bool = False) -> float:
     gc.collect()
     gc.disable()  # a collection of the planner's garbage is not rule programming
     try:
+        c = cpu_now(child)
         t = time.perf_counter()
         fn()
-        return time.perf_counter() - t
+        wall = time.perf_counter() - t
+        if key:
+            CPU.setdefault(key, []).append(cpu_now(child) - c)
+        return wall
     finally:
         gc.enable()
 
@@ -130,6 +151,7 @@ def main() -> None:
     ipt = shutil.which(args.iptables) or args.iptables
     ipt_version = subprocess.run([ipt, "--version"], capture_output=True, text=True).stdout.strip()
 
+    print(machine())
     policies = make_policies(args.apps, args.policies)
     extra = Policy(0, 1, "tcp", 65000, 65000)
     removed = policies[len(policies) // 2]
@@ -152,13 +174,13 @@ def main() -> None:
                     text = ct.render_base() + ct.render_c2c_replace(
                         c2c_state(policies), ct.C2CListing(None, ct.C2CState()))
                 results["nft_plan"].append(timed(plan))
-                results["nft_full"].append(timed(lambda: nft.run(text)))
+                results["nft_full"].append(timed(lambda: nft.run(text), "nft_full"))
                 listing = ct.list_c2c(nft)
                 assert listing.state == state, "kernel state differs from the desired state"
                 live = ct.C2CSets(listing.exact_set or "", listing.allow_set or "")
                 grown = c2c_state(policies + [extra])
                 results["nft_add_one"].append(timed(
-                    lambda: nft.run(ct.render_c2c_diff(state, grown, live))))
+                    lambda: nft.run(ct.render_c2c_diff(state, grown, live)), "nft_add_one"))
                 shrunk = c2c_state([p for p in policies if p != removed] + [extra])
                 results["nft_remove_one"].append(timed(
                     lambda: nft.run(ct.render_c2c_diff(grown, shrunk, live))))
@@ -170,10 +192,11 @@ def main() -> None:
 
             ns = box.netns(f"ipt{r}")
             first = iptables_restore_text("vpa--1000000000000001", policies)
-            results["ipt_full"].append(timed(lambda: restore(ns, first, ipt)))
+            results["ipt_full"].append(timed(lambda: restore(ns, first, ipt), "ipt_full", True))
             second = iptables_restore_text("vpa--1000000000000002", policies + [extra],
                                            old="vpa--1000000000000001")
-            results["ipt_rewrite"].append(timed(lambda: restore(ns, second, ipt)))
+            results["ipt_rewrite"].append(timed(lambda: restore(ns, second, ipt), "ipt_rewrite",
+                                                 True))
             one = ("*filter\n-A vpa--1000000000000002 -d 10.255.0.3/32 -p tcp -m tcp --dport 65001 "
                    "-m mark --mark 0x1 -j ACCEPT\nCOMMIT\n")
             results["ipt_append_one"].append(timed(lambda: restore(ns, one, ipt)))
@@ -196,9 +219,15 @@ def main() -> None:
     print(f"ratio full load      cfnet/upstream = {med['nft_full'] / med['ipt_full']:.3f}x "
           "(target <= 0.3x; with planning: "
           f"{(med['nft_full'] + med['nft_plan']) / med['ipt_full']:.3f}x)")
+    cpu = {k: statistics.median(v) for k, v in CPU.items()}
+    print(f"CPU time (user + system, this process / iptables-restore's): full load cfnet "
+          f"{cpu['nft_full'] * 1000:.0f} ms, upstream {cpu['ipt_full'] * 1000:.0f} ms, ratio "
+          f"{cpu['nft_full'] / cpu['ipt_full']:.3f}x; +1 policy cfnet {cpu['nft_add_one'] * 1000:.1f}"
+          f" ms, upstream {cpu['ipt_rewrite'] * 1000:.0f} ms")
     print(f"ratio incremental    cfnet/upstream = {med['nft_add_one'] / med['ipt_rewrite']:.4f}x "
           f"(remove: {med['nft_remove_one'] / med['ipt_rewrite']:.4f}x; against a single appended "
           f"rule: {med['nft_add_one'] / med['ipt_append_one']:.3f}x)")
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
