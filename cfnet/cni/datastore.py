@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from cfnet.core import files
 from cfnet.core.errors import CfnetError
 
 # Go's encoder escapes these inside strings; they can only occur inside strings in our output.
@@ -167,29 +168,21 @@ class Datastore:
         except OSError as e:
             raise DatastoreError(f"open datastore: {self.path}: {e.strerror or e}") from None
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
+            raw = files.read_all(fd)
         finally:
             os.close(fd)
-        return decode(b"".join(chunks))
+        return decode(raw)
 
     def _write(self, data: Mapping[str, Container], version: int) -> None:
         body = encode(data)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:
-                os.lseek(fd, 0, os.SEEK_SET)
-                os.ftruncate(fd, 0)
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(fd, view):]
+                files.overwrite(fd, body)
             finally:
                 os.close(fd)
-            tmp = f"{self.version_path}.{os.getpid()}.{threading.get_ident()}"
-            with open(tmp, "w") as f:
-                f.write(str(version + 1))
-            os.replace(tmp, self.version_path)  # readers never see an empty version file
+            # readers never see an empty version file
+            files.replace(self.version_path, str(version + 1).encode(), mode=0o666)
         except OSError as e:
             raise DatastoreError(f"encode and overwrite: {e.strerror or e}") from None
         if self.owner is not None or self.group is not None:

@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cfnet.core import files
+
 if TYPE_CHECKING:
     import subprocess
 
@@ -384,10 +386,7 @@ class Runtime:
         if att.extra.get("runtimeConfig"):
             entry["cfnetRuntimeConfig"] = att.extra["runtimeConfig"]
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(entry, f)
-        os.rename(tmp, path)
+        files.replace(path, json.dumps(entry).encode(), mode=0o666)
 
     def _cache_read(self, conflist: ConfList, att: Attachment) -> dict[str, Any] | None:
         try:

@@ -16,6 +16,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from cfnet.core import files
+
 
 class PortError(Exception):
     pass
@@ -105,10 +107,7 @@ class PortPool:
             os.close(fd)  # releases the lock
 
     def _read(self, fd: int) -> dict[str, list[int]]:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = files.read_all(fd)
         if not data.strip():
             return {}
         try:
@@ -119,19 +118,5 @@ class PortPool:
             raise PortError(f"reading port state {self.state_file}: {e}") from None
 
     def _write(self, state: dict[str, list[int]]) -> None:
-        tmp = f"{self.state_file}.{os.getpid()}.tmp"
         data = json.dumps({"acquired_ports": state}, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.state_file)
-        dfd = os.open(os.path.dirname(self.state_file) or ".", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        files.replace(self.state_file, data, durable=True)

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cfnet.core import files
+
 LINE_BREAK = "\r\n"
 LAST_RESERVED = "last_reserved_ip.0"
 LOCK = "lock"
@@ -241,9 +243,7 @@ class ContainerStore:
                              f"{(e.strerror or str(e)).lower()}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            raw = b""
-            while chunk := os.read(fd, 65536):
-                raw += chunk
+            raw = files.read_all(fd)
             try:
                 data = json.loads(raw) if raw.strip() else {}
                 if not isinstance(data, dict):
@@ -257,9 +257,7 @@ class ContainerStore:
     @staticmethod
     def _write(fd: int, data: dict[str, Any]) -> None:
         try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, (json.dumps(data, separators=(",", ":")) + "\n").encode())
+            files.overwrite(fd, (json.dumps(data, separators=(",", ":")) + "\n").encode())
         except OSError as e:
             raise StoreError(f"encode and overwrite: {e.strerror or e}") from None
 
