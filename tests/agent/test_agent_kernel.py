@@ -119,12 +119,19 @@ def allow_keys(env: Env, cell: str) -> frozenset[str]:
     return state.allow
 
 
+# A probe's answer is "ok" or "refused" (an explicit reject) as soon as the packets flow; no test
+# waits for a silent drop, so the timeout only bounds a stalled peer. 0.5 s assumed an idle
+# machine: under load the echo server's thread may not be scheduled in time, and an "ok" turns
+# into "TimeoutError".
+PROBE = 5.0
+
+
 def reach(src: ta.Container, dst: ta.Container, spec: str) -> bool:
-    return ta.probe(src, dst.ip, spec, timeout=0.5)[spec] == "ok"
+    return ta.probe(src, dst.ip, spec, timeout=PROBE)[spec] == "ok"
 
 
 def refused(src: ta.Container, dst: ta.Container, spec: str) -> bool:
-    return ta.probe(src, dst.ip, spec, timeout=0.5)[spec] == "refused"
+    return ta.probe(src, dst.ip, spec, timeout=PROBE)[spec] == "refused"
 
 
 # -- c2c -------------------------------------------------------------------------------------------
@@ -138,13 +145,13 @@ def test_c2c_needs_a_policy_and_opens_exactly_its_ports_and_protocol(env: Env,
     specs = ["tcp:8080", "tcp:8081", "tcp:8082", "tcp:9000", "udp:8080", "udp:9000"]
     for dst in (remote, local):
         server(cleanup, dst, *specs)
-        assert ta.probe(src, dst.ip, *specs, timeout=0.5) == {s: "refused" for s in specs}
+        assert ta.probe(src, dst.ip, *specs, timeout=PROBE) == {s: "refused" for s in specs}
 
     p = policy(env, cleanup, "t1-a", "t1-b", "tcp", "8080-8081")
     u = policy(env, cleanup, "t1-a", "t1-b", "udp", "9000")
     for dst in (remote, local):
         ta.wait_for("policy in force", lambda: reach(src, dst, "udp:9000"))
-        assert ta.probe(src, dst.ip, *specs, timeout=0.5) == {
+        assert ta.probe(src, dst.ip, *specs, timeout=PROBE) == {
             "tcp:8080": "ok", "tcp:8081": "ok", "tcp:8082": "refused", "tcp:9000": "refused",
             "udp:8080": "refused", "udp:9000": "ok"}
     # A container created now is reachable as soon as its creation returns: the forced cycle
@@ -159,7 +166,7 @@ def test_c2c_needs_a_policy_and_opens_exactly_its_ports_and_protocol(env: Env,
     env.delete(p, u)
     for dst in (remote, local):
         ta.wait_for("policy removed", lambda: refused(src, dst, "tcp:8080"))
-        assert ta.probe(src, dst.ip, "tcp:8081", "udp:9000", timeout=0.5) == {
+        assert ta.probe(src, dst.ip, "tcp:8081", "udp:9000", timeout=PROBE) == {
             "tcp:8081": "refused", "udp:9000": "refused"}
 
 
@@ -189,7 +196,7 @@ def test_the_source_tag_crosses_the_wire_as_the_mark(env: Env, cleanup: list) ->
 
 ONE_CONNECTION = r"""
 import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
 for line in sys.stdin:
     try:
         s.sendall(b"x"); s.settimeout(float(line)); ok = s.recv(1) == b"x"
@@ -207,7 +214,7 @@ class Connection:
             netns.exec_argv(src.ns, [sys.executable, "-c", ONE_CONNECTION, dst.ip, str(port)]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def echo(self, timeout: float = 1.0) -> str:
+    def echo(self, timeout: float = PROBE) -> str:
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(f"{timeout}\n")
         self.proc.stdin.flush()
@@ -309,7 +316,7 @@ def test_tag_ffff_and_an_app_with_150_policies(env: Env, cleanup: list) -> None:
     ta.wait_for("tag ffff in force", lambda: reach(src, dst, "tcp:8080"))
     assert env.table("cell1").sets["c2c_src_tag"].keys[src.ip] == "0xffff"
     ta.wait_for("150 policies in force", lambda: reach(many, dst, "tcp:20298"))
-    assert ta.probe(many, dst.ip, "tcp:20000", "tcp:20001", "tcp:8080", timeout=0.5) == {
+    assert ta.probe(many, dst.ip, "tcp:20000", "tcp:20001", "tcp:8080", timeout=PROBE) == {
         "tcp:20000": "ok", "tcp:20001": "refused", "tcp:8080": "refused"}
     assert sum(1 for k in allow_keys(env, "cell2") if k.startswith(dst.ip + " ")) == 151
 
@@ -400,11 +407,11 @@ def test_asgs_per_container_lifecycle_space_and_globals(env: Env, cleanup: list)
     other = container(env, cleanup, "cell1", "t8-other", app_id="t8-b", space_id="t8-s2")
     specs = ["tcp:7000", "tcp:7001", "tcp:7002"]
     # The force call at create answered only once the rules were in place: no waiting here.
-    assert ta.probe(run, cp.ip, *specs, timeout=0.5) == {
+    assert ta.probe(run, cp.ip, *specs, timeout=PROBE) == {
         "tcp:7000": "ok", "tcp:7001": "refused", "tcp:7002": "ok"}
-    assert ta.probe(stage, cp.ip, *specs, timeout=0.5) == {
+    assert ta.probe(stage, cp.ip, *specs, timeout=PROBE) == {
         "tcp:7000": "refused", "tcp:7001": "ok", "tcp:7002": "refused"}
-    assert ta.probe(other, cp.ip, *specs, timeout=0.5) == {
+    assert ta.probe(other, cp.ip, *specs, timeout=PROBE) == {
         "tcp:7000": "refused", "tcp:7001": "refused", "tcp:7002": "ok"}
     chain = env.nft_text("cell1", f"chain ip cfnet {ar.netout_chain('t8-run')}")
     assert chain.count("tcp dport 7000") == 1  # identical rules from two groups: once
@@ -413,7 +420,7 @@ def test_asgs_per_container_lifecycle_space_and_globals(env: Env, cleanup: list)
     groups.append({"guid": "t8-s2", "rules": [tcp_rule(cp.ip, "7001")], "running": ["t8-s2"]})
     write_asgs(env, groups)
     ta.wait_for("ASG change applied", lambda: ta.probe(other, cp.ip, "tcp:7001",
-                                                        timeout=0.5)["tcp:7001"] == "ok")
+                                                        timeout=PROBE)["tcp:7001"] == "ok")
 
 
 def test_dry_run_logs_over_limit_connections_instead_of_rejecting(env: Env, cleanup: list) -> None:
