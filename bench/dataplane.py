@@ -4,7 +4,8 @@ policies installed, against the same path with no rules at all and with upstream
     sudo .venv/bin/python bench/dataplane.py [--policies 10050] [--rounds 6]
 
 A two-cell lab in throw-away namespaces (Silk controller and daemons, a real policy server, real
-`cfnet vxlan-agent`s); a source container on cell 1 and a destination on cell 2. Phases:
+`cfnet vxlan-agent`s with upstream's BOSH poll intervals); a source container on cell 1 and a
+destination on cell 2. Phases:
 
 - no rules: the containers are plugged (silk's veth shape) but no `ip cfnet` table exists
   (agents stopped, tables deleted);
@@ -29,7 +30,8 @@ of a round measures TCP throughput with iperf3 (4 s, one stream) and new TCP con
 second (connect + RST-close in a loop for 3 s). Printed: medians, min-max, the ratio of the
 medians, and the median and range of the per-round ratios (each round's phases ran within
 about a minute of each other). The spread of the no-rules phase over the rounds is the noise
-floor of this machine at the time (target: cfnet throughput at least 0.95x of no rules).
+floor of this machine at the time (target: cfnet throughput at least 0.95x of no rules). The
+CPU the agents and the policy server used while each phase was measured is printed too.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import machine  # noqa: E402
+from _common import cpu_seconds, machine  # noqa: E402
 
 # Closed with RST (SO_LINGER 0): no TIME_WAIT on the client, so rounds never run short of
 # ephemeral ports and later phases are not slowed by earlier ones.
@@ -165,6 +167,8 @@ def main() -> None:
     print(machine())
     print(ipt_version)
     results: dict[str, list[tuple[float, float]]] = {}
+    control: dict[str, float] = {}  # CPU seconds of the agents and the policy server per phase
+    seconds: dict[str, float] = {}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with Sandbox("bd") as box, silk_deployment(box.topology(), work, cells=2) as silk:
@@ -186,7 +190,10 @@ def main() -> None:
             assert acceptor.stdout and acceptor.stdout.readline().strip() == b"ready"
             time.sleep(0.5)  # iperf3 binds
             ps = ta.start_policy_server_in(silk, work / "ps", external={"max_policies": 150})
-            agents = [ta.start_agent(c, work / c.name, ps, start=False, log_level="info")
+            # Upstream's BOSH defaults (spec dataplane 1.2), not the tests' 1 s / 2 s: the
+            # agents' periodic work shares this machine's two CPUs with the traffic.
+            agents = [ta.start_agent(c, work / c.name, ps, start=False, log_level="info",
+                                     poll_interval=5, asg_poll_interval=60)
                       for c in (c1, c2)]
             members = ((agents[0], "src", src_ip, "bench-src"),
                        (agents[1], "dst", dst_ip, "bench-dst"))
@@ -246,7 +253,7 @@ def main() -> None:
                         continue
                     with Nft(ns) as nft:
                         for t in ipt_tables:
-                            if nft.run(f"list tables ip\n").find(f"table ip {t}\n") >= 0:
+                            if nft.run("list tables ip\n").find(f"table ip {t}\n") >= 0:
                                 nft.run(f"delete table ip {t}\n")
 
             def ipt_rules() -> int:
@@ -299,7 +306,14 @@ def main() -> None:
                 for r in range(args.rounds):
                     for name in phases[r % 4:] + phases[:r % 4]:
                         phase(name)
+                        pids = [p.pid for p in [ps.process] + [a.process for a in agents]
+                                if p is not None and p.poll() is None]
+                        before = sum(cpu_seconds(p) for p in pids)
+                        t0 = time.monotonic()
                         results.setdefault(name, []).append(measure(src_ns, dst_ip))
+                        control[name] = control.get(name, 0.0) + (
+                            sum(cpu_seconds(p) for p in pids) - before)
+                        seconds[name] = seconds.get(name, 0.0) + time.monotonic() - t0
                     print(f"round {r + 1}:", {k: (round(v[-1][0], 2), round(v[-1][1]))
                                               for k, v in results.items()}, flush=True)
             finally:
@@ -330,10 +344,17 @@ def main() -> None:
         n = min(len(v), len(base))
         per_g = [v[i][0] / base[i][0] for i in range(n)]
         per_c = [v[i][1] / base[i][1] for i in range(n)]
-        print(f"{name} / no rules: throughput {statistics.median(x for x, _ in v) / statistics.median(x for x, _ in base):.3f}x "
-              f"(per round: median {statistics.median(per_g):.3f}x, range {spread(per_g)}), "
-              f"connections/s {statistics.median(y for _, y in v) / statistics.median(y for _, y in base):.3f}x "
-              f"(per round: median {statistics.median(per_c):.3f}x, range {spread(per_c)})")
+        g_ratio = (statistics.median(x for x, _ in v)
+                   / statistics.median(x for x, _ in base))
+        c_ratio = (statistics.median(y for _, y in v)
+                   / statistics.median(y for _, y in base))
+        print(f"{name} / no rules: throughput {g_ratio:.3f}x (per round: median "
+              f"{statistics.median(per_g):.3f}x, range {spread(per_g)}), connections/s "
+              f"{c_ratio:.3f}x (per round: median {statistics.median(per_c):.3f}x, "
+              f"range {spread(per_c)})")
+    for name, cpu in control.items():
+        print(f"{name}: agents + policy server used {cpu / seconds[name] * 100:.1f}% of one CPU "
+              "while measuring")
     g = [x for x, _ in base]
     c = [y for _, y in base]
     print(f"noise floor (no-rules phase over {len(base)} rounds): throughput "

@@ -222,8 +222,8 @@ def main() -> None:
     cpu = {k: statistics.median(v) for k, v in CPU.items()}
     print(f"CPU time (user + system, this process / iptables-restore's): full load cfnet "
           f"{cpu['nft_full'] * 1000:.0f} ms, upstream {cpu['ipt_full'] * 1000:.0f} ms, ratio "
-          f"{cpu['nft_full'] / cpu['ipt_full']:.3f}x; +1 policy cfnet {cpu['nft_add_one'] * 1000:.1f}"
-          f" ms, upstream {cpu['ipt_rewrite'] * 1000:.0f} ms")
+          f"{cpu['nft_full'] / cpu['ipt_full']:.3f}x; +1 policy cfnet "
+          f"{cpu['nft_add_one'] * 1000:.1f} ms, upstream {cpu['ipt_rewrite'] * 1000:.0f} ms")
     print(f"ratio incremental    cfnet/upstream = {med['nft_add_one'] / med['ipt_rewrite']:.4f}x "
           f"(remove: {med['nft_remove_one'] / med['ipt_rewrite']:.4f}x; against a single appended "
           f"rule: {med['nft_add_one'] / med['ipt_append_one']:.3f}x)")
