@@ -76,7 +76,7 @@ def policy_client(silk: SilkDeployment, ps: Any) -> Any:
 
 
 @dataclass
-class RunningAgent:
+class RunningAgent(procs.ConfiguredProcess):
     cell: Cell
     workdir: Path
     config_path: Path
@@ -89,19 +89,12 @@ class RunningAgent:
         return self.cell.ns
 
     @property
-    def config(self) -> dict[str, Any]:
-        return json.loads(self.config_path.read_text())
-
-    @property
     def datastore_path(self) -> str:
         return self.config["cni_datastore_path"]
 
     @property
     def lock_path(self) -> str:
         return self.config["iptables_lock_file"]
-
-    def write_config(self, **changes: Any) -> None:
-        self.config_path.write_text(json.dumps({**self.config, **changes}, indent=2))
 
     def force(self, path: str, timeout: float = 30.0) -> tuple[int, str]:
         status, body = http_in_netns(self.ns, f"http://127.0.0.1:{FORCE_PORT}{path}",
@@ -111,19 +104,6 @@ class RunningAgent:
     def debug(self, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, str]:
         status, data = http_in_netns(self.ns, f"http://127.0.0.1:{DEBUG_PORT}{path}", method, body)
         return status, data.decode()
-
-    def output(self) -> str:
-        return self.output_path.read_text(errors="replace") if self.output_path else ""
-
-    def log_lines(self, event: str | None = None) -> list[dict[str, Any]]:
-        lines = procs.json_log_lines(self.output_path) if self.output_path else []
-        if event is None:
-            return lines
-        return [l for l in lines if l.get("message", "").endswith("." + event)]
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> RunningAgent:
         if self.running:

@@ -88,3 +88,36 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
         except subprocess.TimeoutExpired:
             kill(process)
     return process.returncode  # type: ignore[return-value]
+
+
+class ConfiguredProcess:
+    """What the cell harnesses (silk-daemon, agent) share: a JSON config file for the next start,
+    the current process and the file its output goes to. Mixed into their dataclasses, which
+    declare these three fields."""
+
+    config_path: Path
+    process: subprocess.Popen[bytes] | None
+    output_path: Path | None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_path.read_text())
+
+    def write_config(self, **changes: Any) -> None:
+        """Change config keys for the next start."""
+        self.config_path.write_text(json.dumps({**self.config, **changes}, indent=2))
+
+    def output(self) -> str:
+        """Everything the current process wrote (JSON log lines and the stderr error line)."""
+        return self.output_path.read_text(errors="replace") if self.output_path else ""
+
+    def log_lines(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The current process's JSON log lines, optionally only those of one event."""
+        lines = json_log_lines(self.output_path) if self.output_path else []
+        if event is None:
+            return lines
+        return [l for l in lines if l.get("message", "").endswith("." + event)]
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None

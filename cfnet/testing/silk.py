@@ -88,7 +88,7 @@ def _wait(what: str, condition: Callable[[], Any], timeout: float,
 
 
 @dataclass
-class Cell:
+class Cell(procs.ConfiguredProcess):
     """One cell: a host on the underlay running a silk-daemon."""
 
     name: str
@@ -110,16 +110,8 @@ class Cell:
         return self.host.ip
 
     @property
-    def config(self) -> dict[str, Any]:
-        return json.loads(self.config_path.read_text())
-
-    @property
     def datastore(self) -> Path:
         return Path(self.config["datastore"])
-
-    def write_config(self, **changes: Any) -> None:
-        """Change config keys for the next daemon start."""
-        self.config_path.write_text(json.dumps({**self.config, **changes}, indent=2))
 
     def netinfo(self, path: str = "/") -> dict[str, Any]:
         """The daemon's netinfo document, read inside the cell as the CNI plugin does."""
@@ -130,17 +122,6 @@ class Cell:
 
     def debug(self, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
         return http_in_netns(self.ns, f"http://127.0.0.1:{DEBUG_PORT}{path}", method, body)
-
-    def output(self) -> str:
-        """Everything the current daemon wrote (JSON log lines and the stderr error line)."""
-        return self.output_path.read_text(errors="replace") if self.output_path else ""
-
-    def log_lines(self, event: str | None = None) -> list[dict[str, Any]]:
-        """The current daemon's JSON log lines, optionally only those of one event."""
-        lines = procs.json_log_lines(self.output_path) if self.output_path else []
-        if event is None:
-            return lines
-        return [l for l in lines if l.get("message", "").endswith("." + event)]
 
     def vtep(self) -> Any:
         """The VTEP as the kernel has it in this cell (a VtepInfo, or None)."""
@@ -164,10 +145,6 @@ class Cell:
             return {f"{r.get('RTA_DST')}/{r['dst_len']}"
                     for r in ipr.get_routes(family=socket.AF_INET, table=254)
                     if r.get("RTA_OIF") == found[0] and r.get("RTA_GATEWAY")}
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 class SilkDeployment:
