@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +18,10 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False,
     help="Run cfnet on one Linux box: a control plane and cells in network namespaces joined by "
          "a bridge, containers as namespaces on the cells. Needs root. Nothing is added to the "
-         "machine's own network namespace.\n\nStart with `cfnet lab demo`.")
+         "machine's own network namespace.\n\nStart with `cfnet lab demo`.\n\n"
+         "Namespaces are named PREFIX-* (PREFIX is `cfnlab`, or CFNET_LAB_PREFIX); a prefix "
+         "belongs to one lab directory at a time, so several labs can run side by side with "
+         "different CFNET_LAB_PREFIX values and --dir directories.")
 console = Console()
 err = Console(stderr=True)
 
@@ -24,8 +30,40 @@ DirOption = typer.Option(DEFAULT_DIR, "--dir", envvar="CFNET_LAB_DIR",
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+    err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(ExitCode.ERROR)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Every expected failure of a lab command as one line and a non-zero exit."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise
+    except KeyboardInterrupt:
+        _fail(RuntimeError("interrupted"))
+    except Exception as e:  # noqa: BLE001 - one line for the user; details are in the logs
+        _fail(e)
+
+
+def _term_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so that a half-built lab is removed."""
+    import os
+    import signal
+
+    me = os.getpid()
+
+    def handler(_signum: int, _frame: object) -> None:
+        if os.getpid() != me:  # a forked helper (netns.call_in) dies as with no handler
+            os._exit(128 + signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _progress(message: str) -> None:
+    console.print(f"• {message}", highlight=False, soft_wrap=True)
 
 
 def _require_root() -> None:
@@ -46,24 +84,31 @@ def up(cells: int = typer.Option(2, "--cells", min=1, max=20, help="Number of ce
                                                "PostgreSQL); a TCP balancer fronts them."),
        directory: Path = DirOption) -> None:
     """Bring up a lab (if one is already up in --dir: restart its stopped processes, if any)."""
-    from cfnet.lab import deploy, procs
+    from cfnet.lab import deploy
 
     _require_root()
-    try:
+    _term_as_interrupt()
+    with _errors():
         state = deploy.up(directory, cells=cells, db=db, policy_servers=policy_servers,
-                          progress=lambda m: console.print(f"• {m}", highlight=False))
-    except (deploy.LabError, procs.ProcessError) as e:
-        _fail(e)
+                          progress=_progress)
     console.print(f"[green]lab up[/green] in {state.directory}")
 
 
 @app.command()
-def down(directory: Path = DirOption) -> None:
-    """Remove every namespace, process and file of the lab. Safe to run twice, and after a crash."""
+def down(force_prefix: bool = typer.Option(
+        False, "--force-prefix", help="Also remove every namespace of the prefix "
+        "(CFNET_LAB_PREFIX), whichever lab owns it: for a lab whose directory or state is lost."),
+        directory: Path = DirOption) -> None:
+    """Remove the lab's namespaces, processes and files. Safe to run twice, and after a crash.
+
+    Only a lab's directory is touched (one a lab created or took while empty); namespaces are
+    removed only if this directory's lab owns their prefix.
+    """
     from cfnet.lab import deploy
 
     _require_root()
-    removed = deploy.down(directory, progress=lambda m: console.print(f"• {m}"))
+    with _errors():
+        removed = deploy.down(directory, progress=_progress, force_prefix=force_prefix)
     console.print(f"[green]lab down[/green] ({len(removed)} namespaces removed)")
 
 
@@ -72,33 +117,31 @@ def push(name: str = typer.Argument(..., help="App name."),
          instances: int = typer.Option(1, "--instances", "-i", min=1, help="Containers to start."),
          directory: Path = DirOption) -> None:
     """Start containers of an app, each answering HTTP on port 8080 with its name and instance."""
-    from cfnet.lab import apps, deploy
+    from cfnet.lab import apps
 
     _require_root()
-    try:
+    with _errors():
         for c in apps.push(name, instances, directory):
             console.print(f"• {c.app}/{c.instance} on {c.cell}: {c.ip}")
-    except deploy.LabError as e:
-        _fail(e)
 
 
 @app.command()
 def curl(source: str = typer.Argument(..., help="Source app."),
          dest: str = typer.Argument(..., help="Destination app."),
-         port: int = typer.Option(8080, "--port", "-p", min=1, max=65535),
+         port: int = typer.Option(8080, "--port", "-p", min=1, max=65535,
+                                  help="Destination port (the apps answer on 8080 and 9090)."),
          directory: Path = DirOption) -> None:
     """Connect from the source app's first container to every container of the destination app."""
-    from cfnet.lab import apps, deploy
+    from cfnet.lab import apps
 
     _require_root()
-    try:
+    with _errors():
         results = apps.curl(source, dest, port, directory)
-    except deploy.LabError as e:
-        _fail(e)
     for src, dst, ok, answer in results:
-        mark = "[green]ok[/green]" if ok else "[red]refused[/red]"
+        result = (f"[green]ok[/green] {answer}" if ok
+                  else f"[red]not reached[/red] ({answer.removeprefix('failed: ')})")
         console.print(f"{src.app}/{src.instance} -> {dst.app}/{dst.instance} ({dst.cell}, "
-                      f"{dst.ip}:{port}): {mark} {answer}", highlight=False)
+                      f"{dst.ip}:{port}): {result}", highlight=False)
     if not all(ok for _, _, ok, _ in results):
         raise typer.Exit(ExitCode.ERROR)
 
@@ -116,20 +159,37 @@ def policy(ctx: typer.Context,
     from cfnet.lab import apps, deploy
 
     _require_root()
-    try:
+    with _errors():
         state = deploy.require(directory)
         if replica > state.policy_servers:
             raise deploy.LabError(f"--replica {replica}: the lab runs {state.policy_servers} "
                                   "policy server(s)")
-    except deploy.LabError as e:
-        _fail(e)
     args = [apps.app_guid(state, a) if a in state.apps else a for a in ctx.args]
     url = deploy.replica_external_url(state, replica) if replica else None
-    rc, out = apps.policy(state, *args, url=url)
+    # A table is rendered here, after guids became names, so that its columns fit the names.
+    table = args[:1] == ["list"] and not {"--json", "-h", "--help"} & set(args)
+    with _errors():
+        rc, out = apps.policy(state, *args, *(["--json"] if table else []), url=url)
     for name, ids in state.apps.items():
         out = out.replace(ids["app_id"], name)
+    if table and rc == 0:
+        _policy_table(out)
+        raise typer.Exit(0)
     (console if rc == 0 else err).print(out, highlight=False, markup=False)
     raise typer.Exit(rc)
+
+
+def _policy_table(listing: str) -> None:
+    import json
+
+    from cfnet.cli import render
+    from cfnet.clients.policy_api import Policy
+
+    policies = [Policy.from_v1(p) for p in json.loads(listing).get("policies", [])]
+    if policies:
+        render.policy_table(policies)
+    else:
+        render.print_line("No policies.")
 
 
 @app.command()
@@ -138,15 +198,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
     """Hosts, processes, leases, containers, policies, ASGs and nftables counts per cell."""
     import json
 
-    from cfnet.lab import deploy, status as lab_status
+    from cfnet.lab import status as lab_status
 
     _require_root()
-    try:
+    with _errors():
         doc = lab_status.collect(directory)
-    except deploy.LabError as e:
-        _fail(e)
+    stopped = [name for name, proc in doc["processes"].items() if not proc["running"]]
     if as_json:
         print(json.dumps(doc, indent=2))
+        if stopped:
+            raise typer.Exit(ExitCode.ERROR)
         return
     table = Table("host", "namespace", "underlay IP", "overlay subnet", title="hosts")
     for name, host in doc["hosts"].items():
@@ -185,6 +246,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
     console.print(f"policies: {doc['policies']}; policy server: {doc['policy_server']} "
                   f"({doc['database']}, {doc['policy_servers']} replica(s)); admin token in "
                   f"{doc['directory']}/tokens.json", highlight=False)
+    if stopped:
+        _fail(RuntimeError(f"not running: {', '.join(stopped)} (`cfnet lab up` restarts them)"))
 
 
 asg_app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -204,13 +267,11 @@ def asg_add(name: str = typer.Argument(..., help="Group name."),
                                                  help="Bind to every running app."),
             directory: Path = DirOption) -> None:
     """Add a group with one rule, bound to an app's space or to every running app."""
-    from cfnet.lab import asgs, deploy
+    from cfnet.lab import asgs
 
     _require_root()
-    try:
+    with _errors():
         group = asgs.add(name, destination, protocol, ports, space, running_default, directory)
-    except deploy.LabError as e:
-        _fail(e)
     console.print(f"Added ASG {group['name']} ({group['bound_to']})", highlight=False)
 
 
@@ -218,13 +279,11 @@ def asg_add(name: str = typer.Argument(..., help="Group name."),
 def asg_remove(name: str = typer.Argument(..., help="Group name."),
                directory: Path = DirOption) -> None:
     """Remove a group; its egress is denied again within seconds."""
-    from cfnet.lab import asgs, deploy
+    from cfnet.lab import asgs
 
     _require_root()
-    try:
+    with _errors():
         asgs.remove(name, directory)
-    except deploy.LabError as e:
-        _fail(e)
     console.print(f"Removed ASG {name}", highlight=False)
 
 
@@ -233,12 +292,10 @@ def asg_list(directory: Path = DirOption) -> None:
     """The lab's groups and their rules."""
     import json
 
-    from cfnet.lab import asgs, deploy
+    from cfnet.lab import asgs
 
-    try:
+    with _errors():
         groups = asgs.groups(directory)
-    except deploy.LabError as e:
-        _fail(e)
     table = Table("name", "bound to", "rules")
     for g in groups:
         table.add_row(g["name"], g.get("bound_to", ""), json.dumps(g["rules"]))
@@ -248,10 +305,8 @@ def asg_list(directory: Path = DirOption) -> None:
 def _process(directory: Path, name: str) -> tuple[object, object]:
     from cfnet.lab import deploy
 
-    try:
+    with _errors():
         state = deploy.require(directory)
-    except deploy.LabError as e:
-        _fail(e)
     if name not in state.processes:
         _fail(ValueError(f"no process {name!r} in the lab; one of: "
                          f"{', '.join(state.processes)}"))
@@ -271,10 +326,8 @@ def stop(name: str = ProcessArg,
 
     _require_root()
     _state, proc = _process(directory, name)
-    try:
+    with _errors():
         procs.stop(proc, kill=kill)
-    except procs.ProcessError as e:
-        _fail(e)
     console.print(f"stopped {name}", highlight=False)
 
 
@@ -285,10 +338,8 @@ def start(name: str = ProcessArg, directory: Path = DirOption) -> None:
 
     _require_root()
     state, proc = _process(directory, name)
-    try:
+    with _errors():
         procs.start(state, proc)
-    except procs.ProcessError as e:
-        _fail(e)
     console.print(f"started {name} (pid {proc.pid})", highlight=False)
 
 
@@ -301,11 +352,9 @@ def restart(name: str = ProcessArg,
 
     _require_root()
     state, proc = _process(directory, name)
-    try:
+    with _errors():
         procs.stop(proc, kill=kill)
         procs.start(state, proc)
-    except procs.ProcessError as e:
-        _fail(e)
     console.print(f"restarted {name} (pid {proc.pid})", highlight=False)
 
 
@@ -316,26 +365,22 @@ def kill(container: str = typer.Argument(..., help="APP/INSTANCE or a handle."),
 
     Its IP, port and rules stay until `cfnet lab gc`.
     """
-    from cfnet.lab import apps, deploy
+    from cfnet.lab import apps
 
     _require_root()
-    try:
+    with _errors():
         c = apps.kill(container, directory)
-    except deploy.LabError as e:
-        _fail(e)
     console.print(f"killed {c.app}/{c.instance} ({c.handle}) on {c.cell}", highlight=False)
 
 
 @app.command()
 def gc(directory: Path = DirOption) -> None:
     """Clean up dead containers with `garden-hook down`, as Garden does for containers it lost."""
-    from cfnet.lab import apps, deploy
+    from cfnet.lab import apps
 
     _require_root()
-    try:
+    with _errors():
         cleaned = apps.gc(directory)
-    except deploy.LabError as e:
-        _fail(e)
     for c in cleaned:
         console.print(f"• cleaned {c.app}/{c.instance} ({c.handle}, {c.ip}) on {c.cell}",
                       highlight=False)
@@ -352,8 +397,10 @@ def demo(keep: bool = typer.Option(False, "--keep", help="Keep the lab up afterw
     from cfnet.lab.demo import run_demo
 
     _require_root()
-    checks = run_demo(directory, keep=keep,
-                      progress=lambda m: console.print(f"• {m}", highlight=False))
+    _term_as_interrupt()
+    with _errors():
+        checks = run_demo(directory, keep=keep,
+                          progress=_progress)
     table = Table("check", "result", "detail", title="cfnet lab demo")
     for c in checks:
         table.add_row(c.name, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)

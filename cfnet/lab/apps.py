@@ -48,6 +48,12 @@ def garden_hook(state: LabState, cell: str, action: str, handle: str,
 
 def push(app: str, instances: int = 1, directory: Path = DEFAULT_DIR) -> list[LabContainer]:
     """Start `instances` containers of `app`, spread over the cells round-robin."""
+    from cfnet.lab.ownership import check_app_name
+
+    try:
+        check_app_name(app)
+    except ValueError as e:
+        raise LabError(str(e)) from None
     state = require(directory)
     if instances < 1:
         raise LabError("--instances must be at least 1")

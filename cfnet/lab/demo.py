@@ -73,6 +73,12 @@ def run_demo(directory: Path = DEFAULT_DIR, keep: bool = False,
         progress(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}")
         return passed
 
+    from cfnet.lab.ownership import is_lab_dir
+
+    if directory.exists() and is_lab_dir(directory):  # never reuse, then remove, a user's lab
+        check("lab", False, f"{directory} already holds a lab: `cfnet lab down --dir "
+                            f"{directory}` first, or give the demo another --dir")
+        return checks
     try:
         started = time.monotonic()
         state = deploy.up(directory, cells=2, progress=progress)

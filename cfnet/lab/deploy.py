@@ -13,13 +13,12 @@ stops them by namespace and unmounts the containers' namespace bind mounts.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cfnet.lab import procs
+from cfnet.lab import ownership, procs
 from cfnet.lab.state import DEFAULT_DIR, OVERLAY, PREFIX, UNDERLAY, LabHost, LabProcess, \
     LabState
 from cfnet.net import netns
@@ -202,6 +201,13 @@ def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print
             raise LabError(str(e)) from None
     if policy_servers > 1 and kind == "sqlite":
         raise LabError("--policy-servers above 1 needs a shared database: add --db postgres")
+    try:  # nothing is changed before these checks
+        if directory.exists() and (not directory.is_dir() or (
+                any(directory.iterdir()) and not ownership.is_lab_dir(directory))):
+            ownership.claim_dir(directory)  # raises the one-line reason
+        _check_prefix(directory)
+    except (ValueError, OSError) as e:
+        raise LabError(str(e)) from None
     existing = LabState.load(directory)
     if existing is not None and is_up(directory):
         for proc in existing.processes.values():  # a crashed or stopped process comes back
@@ -213,8 +219,12 @@ def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print
                 progress(f"restarted {proc.name}")
         progress(f"lab already up in {directory}")
         return existing
-    down(directory, progress=lambda _msg: None)  # whatever a crashed run left
-    directory.mkdir(parents=True, exist_ok=True)
+    down(directory, progress=lambda _msg: None)  # whatever a crashed run of this lab left
+    try:
+        ownership.claim_dir(directory)
+        ownership.claim_prefix(PREFIX, directory)
+    except (ValueError, OSError) as e:
+        raise LabError(str(e)) from None
     state = LabState(directory=str(directory), database=kind,
                      database_url=db if kind == "url" else "", policy_servers=policy_servers)
     state.logs.mkdir(parents=True, exist_ok=True)
@@ -273,6 +283,7 @@ def up(directory: Path = DEFAULT_DIR, cells: int = 2, progress: Progress = print
     except BaseException as e:
         _stop_postgres(state)
         topo.destroy()
+        ownership.release_prefix(PREFIX, directory)
         from cfnet.testing.silk import DeploymentFailed
 
         if isinstance(e, (postgres.PostgresError, procs.ProcessError, DeploymentFailed)):
@@ -307,10 +318,34 @@ def _unmount_below(directory: Path) -> None:
         libc.umount2(point.encode(), 2)  # MNT_DETACH
 
 
-def down(directory: Path = DEFAULT_DIR, progress: Progress = print) -> list[str]:
-    """Stop every lab process and remove every lab namespace and file; safe to repeat."""
+def _check_prefix(directory: Path) -> None:
+    """Refuse when namespaces of the prefix belong to a lab in another directory."""
+    other = ownership.other_owner(PREFIX, directory)
+    if other is None and ownership.owner(PREFIX) is None and ownership.live_namespaces(PREFIX) \
+            and LabState.load(directory) is None:
+        raise ValueError(f"namespaces of the prefix {PREFIX!r} exist and no lab directory owns "
+                         "them: remove them with `cfnet lab down --force-prefix`, or set "
+                         "CFNET_LAB_PREFIX to another prefix")
+    if other is not None:
+        ownership.claim_prefix(PREFIX, directory)  # raises, naming the owner
+
+
+def down(directory: Path = DEFAULT_DIR, progress: Progress = print,
+         force_prefix: bool = False) -> list[str]:
+    """Stop the lab's processes and remove its namespaces and files; safe to repeat.
+
+    Only a lab directory (one holding the lab's marker or state) is touched, and only the
+    namespaces of a prefix this directory owns; `force_prefix` removes every namespace of the
+    prefix whoever owns it (after a crash that lost the state and the owner record).
+    """
     from cfnet.lab import postgres
 
+    if directory.exists() and not ownership.is_lab_dir(directory):
+        progress(f"{directory} holds no lab: nothing removed there")
+        removed = destroy_prefix(PREFIX) if force_prefix else []
+        for name in removed:
+            progress(f"removed namespace {name}")
+        return removed
     state = LabState.load(directory) if directory.exists() else None
     if state is not None:
         # Gracefully first, PostgreSQL last, so that it shuts down cleanly (no shared memory or
@@ -322,15 +357,22 @@ def down(directory: Path = DEFAULT_DIR, progress: Progress = print) -> list[str]
                 except procs.ProcessError:
                     pass
         _stop_postgres(state)
-    removed = destroy_prefix(PREFIX)
-    postgres.remove(postgres.fallback_dir(PREFIX))
+    owner = ownership.owner(PREFIX)
+    mine = owner == directory.resolve() or (owner is None and state is not None)
+    removed: list[str] = []
+    if force_prefix or mine:
+        removed = destroy_prefix(PREFIX)
+        postgres.remove(postgres.fallback_dir(PREFIX))
+        ownership.release_prefix(PREFIX, owner or directory)
+    elif ownership.live_namespaces(PREFIX):
+        progress(f"namespaces of {PREFIX!r} belong to the lab in {owner}: left alone")
     if directory.exists():
         _unmount_below(directory)
     for name in removed:
         progress(f"removed namespace {name}")
     if directory.exists():
-        shutil.rmtree(directory)
-        progress(f"removed {directory}")
+        ownership.remove_lab_files(directory)
+        progress(f"removed the lab's files in {directory}")
     return removed
 
 

@@ -42,7 +42,8 @@ class Lab:
         return json.loads((self.directory / "state.json").read_text())
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.run("status", "--json").stdout)
+        """The status document (the command exits non-zero while a process is stopped)."""
+        return json.loads(self.run("status", "--json", check=False).stdout)
 
     def containers(self, app: str) -> list[dict[str, Any]]:
         return [c for c in self.state()["containers"] if c["app"] == app]

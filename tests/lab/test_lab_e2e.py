@@ -169,8 +169,13 @@ def test_killed_container_is_cleaned_up_by_gc(lab: Lab) -> None:
 def test_up_again_restarts_crashed_processes(lab: Lab) -> None:
     lab.run("stop", "cell2/vxlan-agent", "--kill")
     assert not lab.status()["processes"]["cell2/vxlan-agent"]["running"]
+    for args in (("status",), ("status", "--json")):  # a dead process is a failed status
+        proc = lab.run(*args, check=False)
+        assert proc.returncode != 0, proc.stdout
+    assert "not running: cell2/vxlan-agent" in lab.run("status", check=False).stderr
     out = lab.run("up").stdout
     assert "restarted cell2/vxlan-agent" in out and "already up" in out
     assert lab.status()["processes"]["cell2/vxlan-agent"]["running"]
+    assert lab.run("status", check=False).returncode == 0
     bad = lab.run("stop", "nope", check=False)
     assert bad.returncode != 0 and "no process 'nope'" in bad.stderr
