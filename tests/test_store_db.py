@@ -90,3 +90,58 @@ def test_postgres_dsn_sslmodes() -> None:
     assert "sslmode=verify-full" in DatabaseConfig(**base, require_ssl=True).postgres_dsn()  # type: ignore[arg-type]
     assert "sslmode=require" in DatabaseConfig(
         **base, require_ssl=True, skip_hostname_validation=True).postgres_dsn()  # type: ignore[arg-type]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound and closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_postgres_is_one_line_and_a_network_error() -> None:
+    from cfnet.store.db import is_network_error
+
+    db = Database(DatabaseConfig(type="postgres", user="cfnet", password="cfnet",
+                                 host="127.0.0.1", port=_closed_port(), database_name="postgres",
+                                 timeout=5))
+    seen: list[tuple[int, str, bool]] = []
+    with pytest.raises(StoreError) as e:
+        db.connect(lambda *failure: seen.append(failure), attempts=2, interval_s=0.01)
+    message = str(e.value)
+    assert "\n" not in message and "\t" not in message
+    assert message.startswith("db connect: unable to ping: ") and "refused" in message
+    assert [(attempt, retry) for attempt, _, retry in seen] == [(1, True), (2, False)]
+    assert is_network_error(e.value)
+    db.close()
+
+
+def test_a_wrong_password_is_not_retried(pg_config: DatabaseConfig) -> None:
+    import dataclasses
+
+    from cfnet.store.db import is_network_error
+
+    db = Database(dataclasses.replace(pg_config, password="certainly-wrong"))
+    seen: list[tuple[int, str, bool]] = []
+    with pytest.raises(StoreError) as e:
+        db.connect(lambda *failure: seen.append(failure), attempts=10, interval_s=0.01)
+    assert [(attempt, retry) for attempt, _, retry in seen] == [(1, False)]
+    assert "password authentication failed" in str(e.value) and "\n" not in str(e.value)
+    assert not is_network_error(e.value)
+    with pytest.raises(StoreError):  # also through the deadline-based wait
+        db.wait_until_reachable(deadline_s=3600, interval_s=0.01)
+    db.close()
+
+
+def test_sqlite_creates_the_file_but_never_its_directory(tmp_path) -> None:
+    missing = tmp_path / "nonexist" / "dir"
+    db = Database(DatabaseConfig(type="sqlite", path=str(missing / "x.db")))
+    with pytest.raises(ConfigError) as e:
+        db.ping()
+    assert str(e.value) == f"invalid config: key 'database.path': directory {missing} does not exist"
+    assert not (tmp_path / "nonexist").exists()
+    db = Database(DatabaseConfig(type="sqlite", path=str(tmp_path / "x.db")))
+    db.ping()
+    assert (tmp_path / "x.db").exists()
+    db.close()

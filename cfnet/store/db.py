@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +117,10 @@ class Database:
     def _sqlite_conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
+            # Create the file, never its directory: a typo in the path must not start an empty store
+            if not Path(self.config.path).parent.is_dir():
+                raise ConfigError(f"invalid config: key 'database.path': directory "
+                                  f"{Path(self.config.path).parent} does not exist")
             conn = sqlite3.connect(self.config.path, timeout=self.config.timeout,
                                    isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -188,7 +191,7 @@ class Database:
                         tx.execute("SELECT pg_advisory_xact_lock(?)", (lock,))
                     yield tx
         except (sqlite3.Error, _pg_errors()) as e:
-            raise StoreError(str(e).strip()) from e
+            raise StoreError(one_line(str(e))) from e
 
     def ping(self) -> None:
         """`SELECT 1`, raising StoreError when the database cannot answer."""
@@ -196,14 +199,32 @@ class Database:
             tx.scalar("SELECT 1")
 
     def wait_until_reachable(self, deadline_s: float, interval_s: float = 3.0) -> None:
-        """Retry `ping` until it works or `deadline_s` passes (upstream: every 3 s)."""
+        """Retry `ping` on network errors until it works or `deadline_s` passes; any other error
+        (authentication, missing database) fails at once, since it will not heal by waiting."""
         end = time.monotonic() + deadline_s
         while True:
             try:
                 self.ping()
                 return
             except StoreError as e:
-                if time.monotonic() + interval_s > end:
+                if not is_network_error(e) or time.monotonic() + interval_s > end:
+                    raise StoreError(f"db connect: unable to ping: {e}") from None
+                time.sleep(interval_s)
+
+    def connect(self, on_error: Callable[[int, str, bool], None] | None = None,
+                attempts: int = 10, interval_s: float = 3.0) -> None:
+        """Ping until it works: network errors up to `attempts` times, `interval_s` apart
+        (upstream: 10 x 3 s); any other error fails at once. `on_error(attempt, error, retrying)`
+        is called for every failure (for logging)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.ping()
+                return
+            except StoreError as e:
+                retry = attempt < attempts and is_network_error(e)
+                if on_error is not None:
+                    on_error(attempt, str(e), retry)
+                if not retry:
                     raise StoreError(f"db connect: unable to ping: {e}") from None
                 time.sleep(interval_s)
 
@@ -217,6 +238,29 @@ class Database:
                 pass
         self._local = threading.local()
         self._pool = queue.LifoQueue()
+
+
+# libpq's texts for failures below the PostgreSQL protocol: the only errors worth retrying
+# (spec policy-server.md 8.4, silk.md 1.1: retry on network errors only).
+_NETWORK_ERRORS = (
+    "connection refused", "timeout expired", "connection timed out", "no route to host",
+    "network is unreachable", "host is unreachable", "connection reset by peer",
+    "server closed the connection unexpectedly", "could not translate host name",
+    "failed to resolve host", "name or service not known", "temporary failure in name resolution",
+)
+
+
+def is_network_error(error: BaseException) -> bool:
+    """True when a database error is a network failure, not an answer from the server."""
+    text = str(error).lower()
+    if "fatal:" in text:  # the server answered: authentication, missing database, too many clients
+        return False
+    return any(phrase in text for phrase in _NETWORK_ERRORS)
+
+
+def one_line(text: str) -> str:
+    """libpq's multi-line messages ("...refused" + "\tIs the server running...") as one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _pg_errors() -> type[Exception]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from cfnet.core.errors import StoreError, TagsExhaustedError
+from cfnet.core.errors import ConfigError, StoreError, TagsExhaustedError
 from cfnet.core.policy import Policy, SecurityGroup, Tag, TaggedPolicy, max_tag
 from cfnet.store.db import Database, Tx
 from cfnet.store.migrations import Migration, migrate
@@ -77,6 +77,12 @@ MIGRATIONS = [
             " running_spaces JSONB NOT NULL DEFAULT '[]')",
         ),
     ),
+    # Settings fixed when the store is first seeded (spec §4: tag_length cannot change later).
+    Migration(
+        "policy-0002-settings",
+        sqlite=("CREATE TABLE policy_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+        postgres=("CREATE TABLE policy_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+    ),
 ]
 
 _SELECT_POLICIES = (
@@ -130,6 +136,13 @@ class PolicyStore:
         with self._write() as tx:
             tx.execute("INSERT INTO policies_info (id, last_updated_us) VALUES (1, ?)"
                        " ON CONFLICT DO NOTHING", (_now_us(),))
+            tx.execute("INSERT INTO policy_settings (name, value) VALUES ('tag_length', ?)"
+                       " ON CONFLICT DO NOTHING", (str(self.tag_length),))
+            stored = int(tx.scalar("SELECT value FROM policy_settings WHERE name = 'tag_length'"))
+        if stored != self.tag_length:
+            raise ConfigError(f"invalid config: key 'tag_length': the database was created with "
+                              f"tag_length {stored}, configured {self.tag_length} "
+                              "(changing it after seeding is unsupported)")
         return applied
 
     def check_database(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 from cfnet.core.errors import StoreError, TagsExhaustedError
 from cfnet.core.policy import Policy, SecurityGroup, Tag, TaggedPolicy
 from cfnet.store.db import Database, DatabaseConfig
-from cfnet.store.policies import PolicyStore
+from cfnet.store.policies import MIGRATIONS, PolicyStore
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def policies(store: PolicyStore) -> list[Policy]:
 
 def test_migrate_is_idempotent(db: Database) -> None:
     s = PolicyStore(db)
-    assert s.migrate() == 1
+    assert s.migrate() == len(MIGRATIONS)
     stamp = s.last_updated_ns()
     assert s.migrate() == 0
     assert s.last_updated_ns() == stamp  # re-seeding leaves the stamp alone
@@ -340,3 +340,14 @@ def test_unusual_values_round_trip_or_fail_cleanly(store: PolicyStore, db: Datab
     else:
         store.create([nul])
         assert policies(store) == [nul]
+
+
+def test_tag_length_is_recorded_at_the_first_migration(db: Database) -> None:
+    from cfnet.core.errors import ConfigError
+
+    assert PolicyStore(db, tag_length=1).migrate() == len(MIGRATIONS)
+    assert PolicyStore(db, tag_length=1).migrate() == 0
+    with pytest.raises(ConfigError) as e:
+        PolicyStore(db, tag_length=2).migrate()
+    assert str(e.value) == ("invalid config: key 'tag_length': the database was created with "
+                            "tag_length 1, configured 2 (changing it after seeding is unsupported)")
