@@ -1,30 +1,17 @@
-"""The debug listener (spec 1.3): `POST /log-level` as upstream, and Prometheus `GET /metrics`."""
+"""The debug listener (spec 1.3): the shared one (cfnet/web/debug.py) over the server's metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-
-from cfnet.core.logs import parse_level
+from cfnet.core.logs import Logger
 from cfnet.policy_server.metrics import Metrics
-from cfnet.web.router import Route, Router
+from cfnet.web import debug
+from cfnet.web.router import Router
 
-CONTENT_TYPE_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE_PROMETHEUS = debug.CONTENT_TYPE_PROMETHEUS
 
 
-def debug_app(metrics: Metrics, set_level: Callable[[str], None]) -> Router:
-    async def log_level(request: Request) -> Response:
-        body = (await request.body()).decode("utf-8", errors="replace")
-        level = parse_level(body)
-        if level is None:
-            return PlainTextResponse(f"unknown log level: {body.strip()!r}\n", status_code=400)
-        set_level(level)
-        return PlainTextResponse(f"log level set to {level}\n")
-
-    async def render(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_PROMETHEUS)
-
-    return Router([Route("POST", "/log-level", log_level, "LogLevel"),
-                   Route("GET", "/metrics", render, "Metrics")])
+def debug_app(metrics: Metrics, set_level: Callable[[str], None],
+              log: Logger | None = None) -> Router:
+    return debug.debug_app(set_level, log, metrics.render)

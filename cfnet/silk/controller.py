@@ -19,15 +19,15 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import Response
 
 from cfnet.cli.exit_codes import ExitCode
 from cfnet.core.config import load_config
 from cfnet.core.errors import CfnetError, ConfigError
 from cfnet.core.leases import CIDRPool, Lease, LeaseError, parse_networks
-from cfnet.core.logs import Logger, parse_level, setup_logging
+from cfnet.core.logs import Logger, setup_logging
 from cfnet.silk.controller_store import LeaseStore, LeaseStoreError, NonRetriableError
-from cfnet.store.db import Database, DatabaseConfig
+from cfnet.store.db import Database, DatabaseConfig, is_network_error  # noqa: F401 - re-exported
 from cfnet.web.router import Handler, Route, Router, error_response, json_response
 
 SERVICE = "silk-controller"
@@ -260,13 +260,12 @@ class Controller:
         return Router([Route("GET", "/health", self._wrap("Health", "health", self.health))])
 
     def debug_app(self) -> Router:
-        routes = [Route(m, "/log-level", self.log_level) for m in ("GET", "POST", "PUT")]
-        routes += [
-            Route("GET", "/debug/pprof", _pprof_redirect),
-            Route("GET", "/debug/pprof/", _pprof_index),
-            Route("GET", "/metrics", self.render_metrics),
-        ]
-        return Router(routes)
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from cfnet.web.debug import debug_app
+
+        return debug_app(self.log.set_level, self.log, self.metrics.render,
+                         content_type=CONTENT_TYPE_LATEST)
 
     # -- handlers --------------------------------------------------------------------------------
 
@@ -314,18 +313,6 @@ class Controller:
             raise _Fail(500, "check database failed", e) from None
         return Response(b"")
 
-    async def log_level(self, request: Request) -> Response:
-        level = parse_level((await request.body()).decode("utf-8", errors="replace"))
-        if level is not None:
-            self.log.set_level(level)
-            self.log.info("log-level-changed", level=level)
-        return Response(b"")
-
-    async def render_metrics(self, request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
     async def emit_lease_metrics(self, interval: float, staleness_threshold_seconds: int) -> None:
         """Refresh the lease gauges now and every `interval` seconds (upstream's metrics emitter)."""
         while True:
@@ -358,14 +345,6 @@ async def _read(request: Request, fields: dict[str, type], struct: str, go_type:
         raise _Fail(400, f"unmarshal-request: {e}", e) from None
 
 
-async def _pprof_redirect(request: Request) -> Response:
-    return RedirectResponse("/debug/pprof/", status_code=301)
-
-
-async def _pprof_index(request: Request) -> Response:
-    return PlainTextResponse("cfnet is not a Go program: no pprof profiles; see /metrics\n")
-
-
 # -- the process ----------------------------------------------------------------------------------
 
 
@@ -374,38 +353,13 @@ def _fatal(source: str, message: str, code: int) -> int:
     return code
 
 
-# libpq's texts for failures below the PostgreSQL protocol: the only errors worth retrying
-# (spec silk.md §1.1: retry on network errors only; a wrong password will not heal in 3 s).
-_NETWORK_ERRORS = (
-    "connection refused", "timeout expired", "connection timed out", "no route to host",
-    "network is unreachable", "host is unreachable", "connection reset by peer",
-    "server closed the connection unexpectedly", "could not translate host name",
-    "failed to resolve host", "name or service not known", "temporary failure in name resolution",
-)
-
-
-def is_network_error(error: BaseException) -> bool:
-    """True when a database error is a network failure, not an answer from the server."""
-    text = str(error).lower()
-    if "fatal:" in text:  # the server answered: authentication, missing database, too many clients
-        return False
-    return any(phrase in text for phrase in _NETWORK_ERRORS)
-
-
 def connect_database(db: Database, log: Logger, attempts: int = 10,
                      interval_s: float = 3.0) -> None:
     """Ping until it works: network errors up to `attempts` times, `interval_s` apart (upstream);
     any other error (authentication, missing database, TLS required) fails at once."""
-    for attempt in range(1, attempts + 1):
-        try:
-            db.ping()
-            return
-        except CfnetError as e:
-            retry = attempt < attempts and is_network_error(e)
-            log.error("db-connect-failed", attempt=attempt, error=str(e), retrying=retry)
-            if not retry:
-                raise CfnetError(f"db connect: unable to ping: {e}") from None
-            time.sleep(interval_s)
+    db.connect(lambda attempt, error, retry: log.error("db-connect-failed", attempt=attempt,
+                                                        error=error, retrying=retry),
+               attempts=attempts, interval_s=interval_s)
 
 
 def _migrate(store: LeaseStore, attempts: int = 5) -> int:
