@@ -241,6 +241,7 @@ def load_static_tokens(path: str | Path) -> dict[str, StaticToken]:
         raise ConfigError(f"invalid config: key 'static_tokens_file': {p}: "
                           "expected an object with a 'tokens' list")
     out: dict[str, StaticToken] = {}
+    first_seen: dict[str, int] = {}
     for i, t in enumerate(tokens):
         where = f"invalid config: key 'static_tokens_file': {p}: tokens[{i}]"
         if not isinstance(t, dict) or not isinstance(t.get("token"), str) or not t["token"]:
@@ -255,5 +256,60 @@ def load_static_tokens(path: str | Path) -> dict[str, StaticToken]:
         unknown = sorted(set(t) - {"token", "user_name", "scopes", "sub"})
         if unknown:
             raise ConfigError(f"{where}: unknown key '{unknown[0]}'")
+        if t["token"] in first_seen:  # name positions only: the value is a secret
+            raise ConfigError(f"{where}: duplicate token (same as tokens[{first_seen[t['token']]}])")
+        first_seen[t["token"]] = i
         out[t["token"]] = StaticToken(t["token"], user, tuple(scopes), sub)
     return out
+
+
+def _check_pem_certs(path: str, key: str) -> None:
+    from cryptography import x509
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"invalid config: key '{key}': cannot read {path}: "
+                          f"{e.strerror or e}") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(f"invalid config: key '{key}': {path} holds no PEM certificate") \
+            from None
+
+
+def _check_pair(cert: str, key: str, ca: str, keys: dict[str, str]) -> None:
+    """check_tls_files with the config key names; without a CA, the certificate stands in."""
+    from cfnet.web.tls import TLSFileError, TLSFiles, check_tls_files
+
+    try:
+        check_tls_files(TLSFiles(Path(cert), Path(key), Path(ca or cert)))
+    except TLSFileError as e:
+        raise ConfigError(f"invalid config: key '{keys[e.which]}': {e.problem}") from None
+
+
+def check_files(config: ServeConfig, roles: tuple[str, ...]) -> None:
+    """Every file a role will read (TLS pairs, CAs, static tokens), checked before any database
+    work, so a bad one is one line naming its key (exit 3) instead of a failure after migrating."""
+    ext, internal, syncer = config.external, config.internal, config.syncer
+    if "internal" in roles and internal is not None:
+        _check_pair(internal.server_cert_file, internal.server_key_file, internal.ca_cert_file,
+                    {"ca": "ca_cert_file", "cert": "server_cert_file", "key": "server_key_file"})
+    if "external" in roles and ext is not None:
+        if ext.enable_tls:
+            _check_pair(ext.server_cert_file, ext.server_key_file, "",
+                        {"ca": "server_cert_file", "cert": "server_cert_file",
+                         "key": "server_key_file"})
+        if ext.static_tokens_file:
+            load_static_tokens(ext.static_tokens_file)
+        for key in ("uaa_ca", "cc_ca_cert"):
+            if getattr(ext, key):
+                _check_pem_certs(getattr(ext, key), key)
+    if "asg-syncer" in roles and syncer is not None:
+        for key in ("uaa_ca", "cc_ca_cert", "cc_internal_ca_cert"):
+            if getattr(syncer, key):
+                _check_pem_certs(getattr(syncer, key), key)
+        if syncer.cc_internal_client_cert or syncer.cc_internal_client_key:
+            _check_pair(syncer.cc_internal_client_cert, syncer.cc_internal_client_key, "",
+                        {"ca": "cc_internal_client_cert", "cert": "cc_internal_client_cert",
+                         "key": "cc_internal_client_key"})

@@ -21,7 +21,7 @@ from cfnet.cli.exit_codes import ExitCode
 from cfnet.core.errors import CfnetError, ConfigError
 from cfnet.core.logs import Logger, setup_logging
 from cfnet.policy_server.config import (ExternalConfig, InternalConfig, ServeConfig, SyncerConfig,
-                                        load_static_tokens)
+                                        check_files, load_static_tokens)
 from cfnet.policy_server.metrics import Metrics
 from cfnet.store.db import Database, DatabaseConfig
 
@@ -74,12 +74,20 @@ def _migrate(store: Any, timeout_s: float, log: Logger) -> int:
     while True:
         try:
             return int(store.migrate())
+        except ConfigError:  # e.g. tag_length differs from the stored one: waiting will not help
+            raise
         except CfnetError as e:
             if time.monotonic() + 1 > end:
                 raise CfnetError(f"migrations and groups table population timed out after "
                                  f"{int(timeout_s)} seconds: {e}") from None
             log.error("migrate-failed", error=str(e))
             time.sleep(1)
+
+
+def _connect(db: Database, log: Logger) -> None:
+    """Upstream (spec 8.4): 10 retries every 3 s on network errors; anything else fails at once."""
+    db.connect(lambda attempt, error, retry: log.error("db-connect-failed", attempt=attempt,
+                                                        error=error, retrying=retry))
 
 
 def _token_source(uaa_base: str, client: str, secret: str, ca: str, skip: bool,
@@ -101,17 +109,18 @@ def build(proc: Process) -> tuple[list[Any], list[Callable[[], Awaitable[None]]]
     from cfnet.web.serve import Listener
 
     cfg = proc.config
+    check_files(cfg, proc.roles)  # before any database work
     listeners: list[Listener] = []
     background: list[Callable[[], Awaitable[None]]] = []
     started = time.time()
-    debug = debug_app(proc.metrics, proc.set_level)
+    debug = debug_app(proc.metrics, proc.set_level, proc.log(next(iter(proc.logs))))
     stores: dict[str, PolicyStore] = {}
 
     def store_for(role: str, db_cfg: DatabaseConfig, tag_length: int, max_open: int,
                   migration_timeout: float) -> PolicyStore:
         db = _database(proc, db_cfg, max_open)
         log = proc.log(role)
-        db.wait_until_reachable(deadline_s=max(float(db_cfg.timeout), 1.0), interval_s=3.0)
+        _connect(db, log)
         store = PolicyStore(db, tag_length)
         applied = _migrate(store, migration_timeout, log)
         log.info("db-migration-complete", **{"num-applied": applied})
@@ -310,9 +319,13 @@ def migrate_only(cfg: ExternalConfig | InternalConfig | SyncerConfig, timeout: f
     log = setup_logging(f"{cfg.log_prefix}.policy-server-migrate-db", cfg.log_level)
     db = Database(cfg.database, max_open_connections=2)
     try:
-        db.wait_until_reachable(deadline_s=max(float(cfg.database.timeout), 1.0), interval_s=3.0)
+        _connect(db, log)
         applied = _migrate(PolicyStore(db, cfg.tag_length), timeout, log)
         log.info("db-migration-complete", **{"num-applied": applied})
+    except ConfigError as e:
+        log.error("fatal", error=str(e))
+        print(config_error_line(cfg.log_prefix, "policy-server-migrate-db", e), file=sys.stderr)
+        return ExitCode.CONFIG
     except CfnetError as e:
         log.error("fatal", error=str(e))
         print(f"{log.source}: {e}", file=sys.stderr)
