@@ -35,7 +35,7 @@ from cfnet.agent.agent import Agent, AgentError
 from cfnet.agent.config import AgentConfig, datastore_dir_exists, load_agent_config
 from cfnet.cli.exit_codes import ExitCode
 from cfnet.core.errors import CfnetError, ConfigError
-from cfnet.core.logs import Logger, parse_level, setup_logging
+from cfnet.core.logs import Logger, setup_logging
 
 SERVICE = "vxlan-policy-agent"
 
@@ -214,19 +214,14 @@ class Service:
         return app
 
     def debug_app(self) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
         from starlette.requests import Request
         from starlette.responses import Response
 
-        from cfnet.web.router import Route, Router, error_response, json_response
+        from cfnet.web.debug import debug_app
+        from cfnet.web.router import Route, error_response, json_response
 
         agent, log = self.agent, self.log
-
-        async def log_level(request: Request) -> Response:
-            level = parse_level((await request.body()).decode("utf-8", errors="replace"))
-            if level is not None:
-                log.set_level(level)
-                log.info("log-level-changed", level=level)
-            return Response(b"")
 
         async def get_logging(request: Request) -> Response:
             return json_response({"enabled": agent.c2c_logging})
@@ -244,22 +239,15 @@ class Service:
                 await self.cycle(reason="logging-toggled")
             return json_response({"enabled": agent.c2c_logging})
 
-        async def metrics(request: Request) -> Response:
-            from prometheus_client import CONTENT_TYPE_LATEST
-
-            return Response(agent.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
         async def health(request: Request) -> Response:
             if agent.ready:
                 return json_response({"healthy": True})
             return json_response({"healthy": False}, status=503)
 
-        return Router([Route(m, "/log-level", log_level) for m in ("GET", "POST", "PUT")] + [
-            Route("GET", "/iptables-c2c-logging", get_logging),
-            Route("PUT", "/iptables-c2c-logging", put_logging),
-            Route("GET", "/metrics", metrics),
-            Route("GET", "/health", health),
-        ])
+        return debug_app(log.set_level, log, agent.metrics.render, content_type=CONTENT_TYPE_LATEST,
+                         extra=[Route("GET", "/iptables-c2c-logging", get_logging),
+                                Route("PUT", "/iptables-c2c-logging", put_logging),
+                                Route("GET", "/health", health)])
 
 
 # -- the process ----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from cfnet.cli.exit_codes import ExitCode
 from cfnet.core.config import load_config
 from cfnet.core.errors import CfnetError, ConfigError
 from cfnet.core.leases import Lease
-from cfnet.core.logs import Logger, parse_level, setup_logging
+from cfnet.core.logs import Logger, setup_logging
 from cfnet.net import vtep
 from cfnet.net.vtep import VtepConfig, VtepError, VtepInfo
 
@@ -474,34 +474,12 @@ class Daemon:
         return app
 
     def debug_app(self) -> Any:
-        from starlette.requests import Request
-        from starlette.responses import PlainTextResponse, RedirectResponse, Response
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        from cfnet.web.router import Route, Router
+        from cfnet.web.debug import debug_app
 
-        async def log_level(request: Request) -> Response:
-            level = parse_level((await request.body()).decode("utf-8", errors="replace"))
-            if level is not None:
-                self.log.set_level(level)
-                self.log.info("log-level-changed", level=level)
-            return Response(b"")
-
-        async def metrics(request: Request) -> Response:
-            from prometheus_client import CONTENT_TYPE_LATEST
-
-            return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-        async def pprof_redirect(request: Request) -> Response:
-            return RedirectResponse("/debug/pprof/", status_code=301)
-
-        async def pprof_index(request: Request) -> Response:
-            return PlainTextResponse("cfnet is not a Go program: no pprof profiles; see /metrics\n")
-
-        return Router([Route(m, "/log-level", log_level) for m in ("GET", "POST", "PUT")] + [
-            Route("GET", "/metrics", metrics),
-            Route("GET", "/debug/pprof", pprof_redirect),
-            Route("GET", "/debug/pprof/", pprof_index),
-        ])
+        return debug_app(self.log.set_level, self.log, self.metrics.render,
+                         content_type=CONTENT_TYPE_LATEST)
 
     async def poller(self, worker: ThreadPoolExecutor, stop: asyncio.Event) -> None:
         """Poll until stopped; a fatal error stops the whole process."""
