@@ -22,8 +22,8 @@ app = typer.Typer(
          "Namespaces are named PREFIX-* (PREFIX is `cfnlab`, or CFNET_LAB_PREFIX); a prefix "
          "belongs to one lab directory at a time, so several labs can run side by side with "
          "different CFNET_LAB_PREFIX values and --dir directories.")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # one line per message: easy to grep, never split mid-path
+err = Console(stderr=True, soft_wrap=True)
 
 DirOption = typer.Option(DEFAULT_DIR, "--dir", envvar="CFNET_LAB_DIR",
                          help="Lab directory: state, certificates, databases and logs.")
