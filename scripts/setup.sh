@@ -35,8 +35,10 @@ pg_isready -q -h 127.0.0.1 || { echo "setup: PostgreSQL did not start" >&2; exit
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='cfnet'\"" | grep -q 1 ||
   su postgres -c "psql -qc \"CREATE ROLE cfnet LOGIN SUPERUSER PASSWORD 'cfnet'\""
 
-# The kernel modules the data path uses (already built in on many kernels).
-for m in vxlan veth ifb sch_tbf act_mirred nf_tables; do modprobe -q "$m" 2>/dev/null || true; done
+# The kernel modules the data path uses (already built in on many kernels). ifb with
+# numifbs=0: by default loading it creates ifb0/ifb1 in the machine's own namespace.
+for m in vxlan veth sch_tbf act_mirred nf_tables; do modprobe -q "$m" 2>/dev/null || true; done
+modprobe -q ifb numifbs=0 2>/dev/null || true
 
 python_bin=$(command -v python3)
 if [ ! -x .venv/bin/python ]; then
