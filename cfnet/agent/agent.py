@@ -9,7 +9,9 @@
   applies a diff against the last applied state (taking into account that the CNI's DEL removes
   the source tag of the container's IP); it lists the kernel and replaces (diff or swap,
   `cell_table.replace_c2c`) at start, every `resync_interval`, and after a failed diff.
-  In strict mode, conntrack entries of connections that lost their allowance are deleted.
+  In strict mode, conntrack entries of connections that lost their allowance are deleted, and a
+  strict-only forward chain refuses a mid-stream pickup from the server side
+  (`cell_table.strict_lines`).
 - `asg_cycle(handles)`: security groups for the local spaces -> per-container netout chains,
   written only for containers whose structure (`netout_v` element) the CNI has created, all in
   one transaction (per container on failure, so one bad container does not block the rest).
@@ -176,6 +178,7 @@ class Agent:
         if self.underlay_ifs:
             lines += ct.element_commands("add", "underlay_ifs",
                                          [f'"{i}"' for i in self.underlay_ifs])
+        lines += ct.strict_lines(self.cell_config(), enabled=self.config.strict)
         self.nft.run(ct.script(lines))
 
     # -- c2c --------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ then tracked anew, fails the allow set and is rejected by the container's overla
 
 Entries cannot be narrowed by source tag (the kernel does not keep `skb->mark` in conntrack), so
 a flow from another app to the same port is also forgotten; its next packet is picked up again
-(`nf_conntrack_tcp_loose`), still matches its own allow element and goes on.
+(`nf_conntrack_tcp_loose`), still matches its own allow element and goes on. A closed flow whose
+*server* sends first would be picked up mid-stream the same way, from the server's side, and
+revive; the strict-only forward chain (`cell_table.strict_lines`) drops new non-SYN TCP from
+local containers towards the overlay, so it cannot.
 
 The `conntrack` tool (Debian package conntrack) is used: it lists and deletes by exact tuple.
 """

@@ -127,6 +127,25 @@ def render_base(cfg: CellConfig | None = None) -> str:
     return script(base_lines(cfg))
 
 
+STRICT_CHAIN = "forward_strict"  # the agent's, only while policy_enforcement_mode is strict
+STRICT_DECL = "type filter hook forward priority filter - 1; policy accept;"
+
+
+def strict_lines(cfg: CellConfig | None = None, enabled: bool = True) -> list[str]:
+    """Strict mode's own forward chain, or its removal. Once the agent has deleted the conntrack
+    entries of a closed flow, a packet the local *server* sends first would be picked up
+    mid-stream as a new outgoing connection (`nf_conntrack_tcp_loose`) and accepted, reviving
+    the flow; a new TCP connection from a local container towards the overlay must begin with a
+    SYN, so anything else is dropped here, before chain forward accepts it."""
+    cfg = cfg or CellConfig()
+    if not enabled:  # flush first: a chain holding rules cannot be deleted
+        return [f"add chain {T} {STRICT_CHAIN} {{ {STRICT_DECL} }}",
+                f"flush chain {T} {STRICT_CHAIN}", f"delete chain {T} {STRICT_CHAIN}"]
+    return _chain_contents(STRICT_CHAIN, [
+        f"oifname {nx.string(cfg.vtep_name)} ip saddr @containers ct state new "
+        f"tcp flags & (syn | ack) != syn drop"], STRICT_DECL)
+
+
 def render_reset(cfg: CellConfig | None = None) -> str:
     """Drop the whole table and build it anew (the pre-start `--reset`; never on a normal start)."""
     return script([f"add table {T}", f"delete table {T}", *base_lines(cfg)])

@@ -252,6 +252,7 @@ def _open_then_delete(env: Env, cleanup: list, prefix: str,
 def test_deleting_a_policy_keeps_open_connections_by_default(env: Env, cleanup: list) -> None:
     conn, _ = _open_then_delete(env, cleanup, "t3")
     assert conn.echo() == "ok"
+    assert ct.STRICT_CHAIN not in env.table("cell2").chains  # upstream mode: no strict chain
 
 
 def test_strict_mode_also_stops_open_connections(env: Env, cleanup: list) -> None:
@@ -273,6 +274,91 @@ def test_strict_mode_also_stops_open_connections(env: Env, cleanup: list) -> Non
     conn, deleted = _open_then_delete(env, cleanup, "t4", watch=agent)
     assert deleted[-1]["data"]["count"] >= 1
     assert conn.echo(timeout=1.5) != "ok"
+
+
+PUSH_SERVER = r"""
+import socket, sys
+s = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+c, _ = s.accept()
+print("accepted", flush=True)
+for line in sys.stdin:  # each line: bytes to send to the client unasked
+    c.sendall(line.strip().encode())
+    print("sent", flush=True)
+"""
+
+LISTENER = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+print("connected", flush=True)
+for line in sys.stdin:  # "recv <timeout>" or "send <bytes>"
+    cmd, arg = line.split()
+    try:
+        if cmd == "send":
+            s.sendall(arg.encode()); print("sent", flush=True)
+        else:
+            s.settimeout(float(arg)); print(s.recv(16).decode() or "closed", flush=True)
+    except OSError as e:
+        print(type(e).__name__, flush=True)
+"""
+
+
+class Piped:
+    """A process in a namespace driven line by line over stdin/stdout."""
+
+    def __init__(self, cleanup: list, ns: Any, script: str, *args: str) -> None:
+        self.proc = subprocess.Popen(netns.exec_argv(ns, [sys.executable, "-c", script, *args]),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cleanup.append(lambda: (self.proc.kill(), self.proc.wait()))
+
+    def line(self) -> str:
+        assert self.proc.stdout
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, command: str) -> str:
+        assert self.proc.stdin
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.line()
+
+
+def test_strict_mode_stops_a_flow_whose_server_speaks_first(env: Env, cleanup: list) -> None:
+    """After strict mode dropped a closed flow's conntrack entries, a packet the server sends
+    first would be picked up mid-stream as a new outgoing connection on its cell and, with the
+    client cell's entry still established, revive the flow. Strict mode's forward chain drops
+    it: new TCP from a local container towards the overlay must start with a SYN."""
+    agent = env.agents["cell2"]
+    agent.stop()
+    agent.write_config(policy_enforcement_mode="strict")
+
+    def restore() -> None:
+        agent.stop()
+        agent.write_config(policy_enforcement_mode="upstream")
+        agent.start()
+
+    cleanup.append(restore)
+    agent.start()
+    assert ct.STRICT_CHAIN in env.table("cell2").chains
+    src = container(env, cleanup, "cell1", "t4r-src", app_id="t4r-a")
+    dst = container(env, cleanup, "cell2", "t4r-dst", app_id="t4r-b")
+    server(cleanup, dst, "tcp:8080")  # probes see the policy in force
+    pusher = Piped(cleanup, dst.ns, PUSH_SERVER, dst.ip, "8081")
+    assert pusher.line() == "ready"
+    p = policy(env, cleanup, "t4r-a", "t4r-b", ports="8080-8081")
+    ta.wait_for("policy in force", lambda: reach(src, dst, "tcp:8080"))
+    client = Piped(cleanup, src.ns, LISTENER, dst.ip, "8081")
+    assert client.line() == "connected" and pusher.line() == "accepted"
+    assert pusher.ask("before") == "sent"
+    assert client.ask(f"recv {PROBE}") == "before"  # the server can push while allowed
+    seen = len(agent.log_lines("conntrack-entries-deleted"))
+    env.delete(p)
+    ta.wait_for("conntrack entries deleted", lambda: [
+        l for l in agent.log_lines("conntrack-entries-deleted")[seen:]
+        if f"{dst.ip} tcp 8080-8081" in l["data"]["closed"]])
+    assert pusher.ask("after") == "sent"  # into the socket; the kernel drops every transmission
+    assert client.ask("recv 1.5") != "after"
+    assert client.ask("send more") == "sent"  # the client's next packet is refused too
+    assert client.ask("recv 1.5") not in ("after", "more")
 
 
 def test_agent_restart_adopts_the_table_and_traffic_keeps_flowing(env: Env, cleanup: list) -> None:
