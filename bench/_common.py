@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 import platform
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
-PG_URL = os.environ.get("CFNET_TEST_POSTGRES", "postgresql://cfnet:cfnet@127.0.0.1:5432/postgres")
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -80,19 +77,10 @@ def scratch_database(backend: str, workdir: Path, name: str = "bench") -> Iterat
         return
     if backend != "postgres":
         raise ValueError(f"unknown backend {backend!r}: sqlite or postgres")
-    import psycopg
+    from cfnet.testing.postgres import fresh_database
 
-    admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    db_name = f"cfnet_{name}_" + uuid.uuid4().hex[:8]
-    admin.execute(f'CREATE DATABASE "{db_name}"')
-    u = urlparse(PG_URL)
-    try:
-        yield DatabaseConfig(type="postgres", user=u.username or "", password=u.password or "",
-                             host=u.hostname or "127.0.0.1", port=u.port or 5432,
-                             database_name=db_name)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database(f"cfnet_{name}_", timeout=120) as config:
+        yield config
 
 
 def cpu_seconds(pid: int) -> float:

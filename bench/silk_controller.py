@@ -20,11 +20,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 from pathlib import Path
-from urllib.parse import urlparse, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,7 +33,6 @@ from cfnet.store.db import DatabaseConfig  # noqa: E402
 from cfnet.testing.silk_controller import RunningController, silk_controller  # noqa: E402
 from cfnet.web.tls import generate_bundle  # noqa: E402
 
-PG_URL = os.environ.get("CFNET_TEST_POSTGRES", "postgresql://cfnet:cfnet@127.0.0.1:5432/postgres")
 
 
 def underlay_ip(cell: int) -> str:
@@ -46,18 +44,10 @@ def database(backend: str, workdir: Path) -> Iterator[DatabaseConfig]:
     if backend == "sqlite":
         yield DatabaseConfig(type="sqlite", path=str(workdir / "silk.db"))
         return
-    import psycopg
+    from cfnet.testing.postgres import fresh_database
 
-    admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    name = "cfnet_bench_" + uuid.uuid4().hex[:8]
-    admin.execute(f'CREATE DATABASE "{name}"')
-    u = urlparse(PG_URL)
-    try:
-        yield DatabaseConfig(type="postgres", user=u.username or "", password=u.password or "",
-                             host=u.hostname or "127.0.0.1", port=u.port or 5432, database_name=name)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database("cfnet_bench_", timeout=120) as config:
+        yield config
 
 
 def run_phase(cells: int, workers: int, make: Callable[[], object],

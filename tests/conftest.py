@@ -8,14 +8,12 @@ PostgreSQL tests fail under CI and are skipped (with the reason) on a developer 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from cfnet.store.db import DatabaseConfig
-
-PG_URL = os.environ.get("CFNET_TEST_POSTGRES", "postgresql://cfnet:cfnet@127.0.0.1:5432/postgres")
+from cfnet.testing.postgres import database_for_test
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,33 +25,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _pg_admin() -> object:
-    import psycopg
-
-    try:
-        return psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-
-
 @pytest.fixture
 def pg_config() -> Iterator[DatabaseConfig]:
     """A DatabaseConfig for a new, empty PostgreSQL database, dropped after the test."""
-    from urllib.parse import urlparse
-
-    admin = _pg_admin()
-    name = "cfnet_t_" + uuid.uuid4().hex[:12]
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
-    u = urlparse(PG_URL)
-    try:
-        yield DatabaseConfig(type="postgres", user=u.username or "", password=u.password or "",
-                             host=u.hostname or "127.0.0.1", port=u.port or 5432,
-                             database_name=name, timeout=10)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
-        admin.close()  # type: ignore[attr-defined]
+    with database_for_test() as config:
+        yield config
 
 
 @pytest.fixture

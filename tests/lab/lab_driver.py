@@ -8,13 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cfnet.net import netns
+from cfnet.testing.agent import wait_for  # noqa: F401 (the tests import it from here)
 
 
 class Lab:
@@ -94,14 +93,3 @@ def echo(sock: socket.socket, payload: bytes) -> bool:
         return data == payload
     except OSError:
         return False
-
-
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")

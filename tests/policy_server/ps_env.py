@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from cfnet.store.db import DatabaseConfig
 from cfnet.testing.policy_server import RunningPolicyServer
+from cfnet.testing.postgres import database_for_test
 from ps_stubs import UAA_CLIENT, UAA_SECRET, Cloud
 
-PG_URL = os.environ.get("CFNET_TEST_POSTGRES", "postgresql://cfnet:cfnet@127.0.0.1:5432/postgres")
 
 ADMIN = "uaa-admin-token"
 WRITER = "uaa-write-token"
@@ -38,31 +36,10 @@ def uaa_tokens() -> dict[str, dict[str, Any]]:
     }
 
 
-def _pg_database() -> Iterator[DatabaseConfig]:
-    import psycopg
-    from urllib.parse import urlparse
-
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-    name = "cfnet_ps_" + uuid.uuid4().hex[:12]
-    admin.execute(f'CREATE DATABASE "{name}"')
-    u = urlparse(PG_URL)
-    try:
-        yield DatabaseConfig(type="postgres", user=u.username or "", password=u.password or "",
-                             host=u.hostname or "127.0.0.1", port=u.port or 5432,
-                             database_name=name, timeout=10)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def make_database(kind: str, directory: Path) -> Iterator[DatabaseConfig]:
     if kind == "postgres":
-        yield from _pg_database()
+        with database_for_test("cfnet_ps_") as config:
+            yield config
     else:
         yield DatabaseConfig(type="sqlite", path=str(directory / "store.db"), timeout=10)
 

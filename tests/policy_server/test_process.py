@@ -325,7 +325,7 @@ def test_asg_syncer_mirrors_cloud_controller_and_survives_errors(backend: str,
 
 def test_a_lost_database_gives_the_documented_500s(tmp_path: Path) -> None:
     import psycopg
-    from ps_env import PG_URL
+    from cfnet.testing.postgres import PG_URL
 
     for db in make_database("postgres", tmp_path):
         with policy_server(tmp_path / "ps", db) as ps:

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from ps_env import PG_URL
+from cfnet.testing.postgres import PG_URL
 
 from cfnet.web.tls import generate_bundle
 

@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import ssl
 import threading
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
 from cfnet.core.leases import Lease
 from cfnet.silk.lease_client import HTTPStatusError, LeaseClient, LeaseClientError, NonRetriableError
 from cfnet.store.db import Database, DatabaseConfig
+from cfnet.testing.postgres import database_for_test
 from cfnet.testing.silk_controller import RunningController, silk_controller
 from cfnet.web.tls import Bundle, TLSFiles, client_context, generate_bundle
 
-PG_URL = os.environ.get("CFNET_TEST_POSTGRES", "postgresql://cfnet:cfnet@127.0.0.1:5432/postgres")
 LEASE_RE = (rb'\{"underlay_ip":"%s","overlay_subnet":"10\.255\.(\d{1,3})\.0/24",'
             rb'"overlay_hardware_addr":"ee:ee:0a:ff:([0-9a-f]{2}):00"\}')
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -53,24 +51,8 @@ def module_db(request: pytest.FixtureRequest,
     if request.param == "sqlite":
         yield DatabaseConfig(type="sqlite", path=str(tmp_path_factory.mktemp("db") / "silk.db"), timeout=10)
         return
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is not reachable: {e}")
-    name = "cfnet_t_" + uuid.uuid4().hex[:12]
-    admin.execute(f'CREATE DATABASE "{name}"')
-    u = urlparse(PG_URL)
-    try:
-        yield DatabaseConfig(type="postgres", user=u.username or "", password=u.password or "",
-                             host=u.hostname or "127.0.0.1", port=u.port or 5432,
-                             database_name=name, timeout=10)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with database_for_test() as config:
+        yield config
 
 
 @pytest.fixture(scope="module")
